@@ -1,0 +1,76 @@
+# luv-cluster. `make` builds the C core into build/; `make check` is the whole
+# test suite (README's test command); `make demo` runs the example server.
+
+LUA        ?= lua5.4
+LUA_INC    ?= /usr/include/lua5.4
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+WARN        = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+CORE_FLAGS  = -std=gnu11 -fPIC -fvisibility=hidden -I$(LUA_INC) $(WARN)
+SRCS        = $(wildcard csrc/*.c)
+HDRS        = $(wildcard csrc/*.h)
+BUSTED      = busted --lua=$(LUA)
+FUZZ_SECONDS ?= 30
+
+# Debian packages the build and the whole suite need.
+DEB_PKGS = lua5.4 liblua5.4-dev lua-luv lua-busted luarocks gcc libc6-dev make \
+           clang libclang-rt-14-dev nodejs
+
+.PHONY: all build test asan fuzz check deps demo install bench clean
+
+all: build
+build: build/cluster/core.so
+
+build/cluster/core.so: $(SRCS) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(CORE_FLAGS) -shared -o $@ $(SRCS)
+
+# Sanitized copy of the core, loaded by an uninstrumented lua5.4 through
+# LD_PRELOAD of the ASan runtime (workers inherit it through the env).
+build-asan/cluster/core.so: $(SRCS) $(HDRS)
+	@mkdir -p $(@D)
+	gcc -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined $(CORE_FLAGS) -shared -o $@ $(SRCS)
+
+test: build
+	$(BUSTED) spec
+
+asan: build-asan/cluster/core.so
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	$(BUSTED) --cpath="build-asan/?.so" spec
+
+FUZZ_COMMON = csrc/codec.c csrc/frame.c csrc/buffer.c
+build/fuzz_%: fuzz/fuzz_%.c $(FUZZ_COMMON) $(HDRS)
+	@mkdir -p $(@D)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -I$(LUA_INC) -Icsrc \
+	    -o $@ $< $(FUZZ_COMMON) -l$(LUA)
+
+fuzz: build/fuzz_decode build/fuzz_frame
+	@mkdir -p build/corpus/decode build/corpus/frame
+	build/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/corpus/decode fuzz/seeds/decode
+	build/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/corpus/frame fuzz/seeds/frame
+
+# Installs the Debian packages above that are missing (needs root and apt).
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+check: deps
+	./.ci/suite
+
+# luv comes from Debian's lua-luv, which luarocks does not see as a rock:
+# --deps-mode=none keeps luarocks from trying to download it.
+install: build
+	luarocks --lua-version 5.4 make --deps-mode=none luv-cluster-scm-1.rockspec
+
+demo: deps install
+	$(LUA) examples/count_requests.lua
+
+bench: build
+	$(LUA) bench/ipc/run.lua
+
+clean:
+	rm -rf build build-asan

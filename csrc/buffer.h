@@ -1,0 +1,23 @@
+/* A growable byte buffer: the send queue, the receive buffer and the
+ * encoder's output are all one of these. */
+#ifndef CLUSTER_BUFFER_H
+#define CLUSTER_BUFFER_H
+
+#include <stddef.h>
+
+typedef struct buffer {
+  char *data;
+  size_t len; /* bytes in use, from data[0] */
+  size_t cap; /* bytes allocated */
+} buffer;
+
+/* Make room for `extra` more bytes after len. 0 on success, -1 when the
+ * allocation fails (the buffer is unchanged). */
+int buffer_reserve(buffer *b, size_t extra);
+
+/* Drop the first n bytes (n <= len). */
+void buffer_consume(buffer *b, size_t n);
+
+void buffer_free(buffer *b);
+
+#endif

@@ -1,0 +1,234 @@
+-- Wires a cluster.core channel into the luv loop: a poll handle on its fd,
+-- one prepare handle that flushes every channel with queued frames right
+-- before the loop blocks (so a burst of sends becomes one write), and the
+-- dispatch of received frames to the owner's callbacks.
+
+local uv = require("luv")
+local core = require("cluster.core")
+local defer = require("cluster.defer")
+
+local FD_KIND = core.FD_KIND
+
+local Channel = {}
+Channel.__index = Channel
+
+-- Channels with frames not yet handed to the kernel.
+local dirty = {}
+local flusher -- uv prepare handle, created on the first send
+
+local function flush_dirty()
+  for ch in pairs(dirty) do
+    dirty[ch] = nil
+    ch:_flush()
+  end
+  flusher:stop()
+end
+
+local function mark_dirty(ch)
+  if dirty[ch] then return end
+  dirty[ch] = true
+  if not flusher then flusher = uv.new_prepare() end
+  flusher:start(flush_dirty)
+end
+
+-- A received fd as what the sender gave: an integer, or a luv handle of
+-- the same kind.
+local function wrap_fd(kind, fd)
+  if kind == FD_KIND.RAW then return fd end
+  local handle
+  if kind == FD_KIND.TCP then
+    handle = uv.new_tcp()
+  elseif kind == FD_KIND.PIPE then
+    handle = uv.new_pipe(false)
+  else
+    handle = uv.new_udp()
+  end
+  local ok, err = handle:open(fd)
+  if not ok then
+    handle:close()
+    core.close(fd)
+    return nil, err
+  end
+  return handle
+end
+
+local HANDLE_KINDS = { tcp = FD_KIND.TCP, pipe = FD_KIND.PIPE, udp = FD_KIND.UDP }
+
+-- The (kind, fd) pair for what send() was given as its handle argument.
+function Channel.handle_fd(handle)
+  if math.type(handle) == "integer" then
+    if handle < 0 then error("bad argument 'handle' (negative fd)", 3) end
+    return FD_KIND.RAW, handle
+  end
+  local ok, kind = pcall(uv.handle_get_type, handle)
+  kind = ok and HANDLE_KINDS[kind]
+  if not kind then
+    error("bad argument 'handle' (a luv tcp, pipe or udp handle or an integer fd expected, got "
+      .. tostring(handle) .. ")", 3)
+  end
+  local fd, err = uv.fileno(handle)
+  if not fd then error("bad argument 'handle' (" .. tostring(err) .. ")", 3) end
+  return kind, fd
+end
+
+-- owner.on_message(value, internal, handle), owner.on_error(err) and
+-- owner.on_close() are called from the loop; on_close runs exactly once.
+function Channel.open(fd, max_message_size, owner)
+  local self = setmetatable({
+    core = core.channel(fd, max_message_size),
+    owner = owner,
+    callbacks = nil, -- FIFO of { end_offset, cb } for sends with a callback
+    cb_head = 1,
+    closed = false,
+    closing = false,
+    writing = false, -- poll also watches for writability
+  }, Channel)
+  self.poll = uv.new_poll(fd)
+  self.poll:start("r", function(err, events) self:_on_poll(err, events) end)
+  return self
+end
+
+function Channel:is_open()
+  return not self.closed and not self.closing
+end
+
+-- Queue one value; raises when it cannot be sent. false when closed.
+function Channel:send(value, internal, kind, fd, cb)
+  if not self:is_open() then
+    if cb then defer.call(function() cb("channel closed") end) end
+    return false
+  end
+  local end_offset = self.core:send(value, internal, kind, fd)
+  if cb then
+    local q = self.callbacks
+    if not q then
+      q = {}
+      self.callbacks = q
+    end
+    q[#q + 1] = { end_offset, cb }
+  end
+  mark_dirty(self)
+  return true
+end
+
+function Channel:_watch(writing)
+  if self.writing ~= writing and not self.closed then
+    self.writing = writing
+    self.poll:start(writing and (self.closing and "w" or "rw") or "r",
+      function(err, events) self:_on_poll(err, events) end)
+  end
+end
+
+function Channel:_flush()
+  if self.closed then return end
+  local written, pending, code = self.core:flush()
+  if not written then
+    -- The peer is gone (EPIPE/ECONNRESET): the read side will see EOF.
+    self:close(pending, code)
+    return
+  end
+  local q = self.callbacks
+  if q then
+    local i = self.cb_head
+    while q[i] and q[i][1] <= written do
+      local cb = q[i][2]
+      q[i] = nil
+      i = i + 1
+      cb(nil)
+    end
+    if q[i] then self.cb_head = i else self.callbacks, self.cb_head = nil, 1 end
+  end
+  if pending > 0 then
+    self:_watch(true)
+  elseif self.closing then
+    self:close()
+  else
+    self:_watch(false)
+  end
+end
+
+-- Reads and dispatches what is waiting, at most max_reads reads: a bound
+-- per wake-up keeps one busy peer from starving the loop.
+function Channel:_read(max_reads)
+  local ch, owner = self.core, self.owner
+  for _ = 1, max_reads do
+    local ok, err, code = ch:read()
+    if ok == false then return end
+    if ok == nil then
+      if err == "EOF" then self:close() else self:_fail(err, code) end
+      return
+    end
+    while true do
+      local has, value, internal, kind, fd = ch:next()
+      if has == false then break end
+      if has == nil then return self:_fail(value, "EPROTO") end
+      local handle
+      if kind then
+        local werr
+        handle, werr = wrap_fd(kind, fd)
+        if not handle then owner.on_error("cannot open the received handle: " .. tostring(werr)) end
+      end
+      owner.on_message(value, internal, handle)
+      if self.closed or self.closing then return end
+    end
+  end
+end
+
+function Channel:_on_poll(err, events)
+  if self.closed then return end
+  if err then return self:_fail("channel poll: " .. tostring(err), err) end
+  if events:find("w", 1, true) then self:_flush() end
+  if not self.closed and not self.closing and events:find("r", 1, true) then self:_read(4) end
+end
+
+-- Dispatch everything the peer wrote before it went away (the worker's
+-- exit can be seen before its channel's EOF), then close.
+function Channel:drain()
+  if self.closed or self.closing then return end
+  self:_read(math.huge)
+  self:close()
+end
+
+function Channel:_fail(err, code)
+  self.owner.on_error(err, code)
+  self:close()
+end
+
+-- Close once everything queued has been written.
+function Channel:finish()
+  if self.closed or self.closing then return end
+  self.closing = true
+  dirty[self] = nil
+  self.writing = nil
+  self:_flush()
+end
+
+-- Close now: frames not yet written are dropped, their callbacks get an
+-- error, and owner.on_close runs on a later loop turn.
+function Channel:close()
+  if self.closed then return end
+  self.closed = true
+  dirty[self] = nil
+  self.poll:stop()
+  self.poll:close()
+  self.core:close()
+  local q, i = self.callbacks, self.cb_head
+  self.callbacks = nil
+  defer.call(function()
+    while q and q[i] do
+      q[i][2]("channel closed")
+      i = i + 1
+    end
+    self.owner.on_close()
+  end)
+end
+
+-- Write what is queued now, without the loop (a worker about to exit).
+function Channel:flush_now()
+  if not self.closed then
+    dirty[self] = nil
+    self.core:flush()
+  end
+end
+
+return Channel

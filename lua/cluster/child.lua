@@ -1,0 +1,81 @@
+-- The worker role: cluster.worker, the worker's end of the channel, and
+-- leaving (graceful disconnect, kill, or the master going away).
+
+local uv = require("luv")
+local Channel = require("cluster.channel")
+local Worker = require("cluster.worker")
+
+local child = {}
+
+local ChildWorker = Worker.derive()
+
+-- Graceful: tell the master this is on purpose, let the shared servers
+-- close (cluster._close_servers, from port sharing), then close the channel
+-- once everything queued has been written. The process then ends when its
+-- loop has nothing left to do.
+function ChildWorker:disconnect()
+  if not self:isConnected() or self._leaving then return self end
+  self._leaving = true
+  self.exitedAfterDisconnect = true
+  self:_send_internal({ act = "exitedAfterDisconnect" })
+  local close_servers = self._close_servers
+  local ch = self._channel
+  if close_servers then
+    close_servers(function() ch:finish() end)
+  else
+    ch:finish()
+  end
+  return self
+end
+
+-- Leave now: tell the master, then exit.
+function ChildWorker:kill()
+  self.exitedAfterDisconnect = true
+  local ch = self._channel
+  if ch and ch:is_open() then
+    ch:send({ act = "exitedAfterDisconnect" }, true)
+    ch:flush_now()
+  end
+  os.exit(0)
+end
+
+function ChildWorker:isDead()
+  return false
+end
+
+function child.install(cluster, id, fd, max_size)
+  cluster.isMaster, cluster.isPrimary, cluster.isWorker = false, false, true
+  cluster.schedulingPolicy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
+
+  local worker = Worker.new(ChildWorker, id, uv.os_getpid())
+  worker.state = "online"
+  cluster.worker = worker
+
+  local owner = {}
+  function owner.on_message(value, internal, handle)
+    if not internal then
+      worker:emit("message", value, handle)
+    elseif type(value) == "table" and value.act == "disconnect" then
+      worker:disconnect()
+    elseif cluster._on_internal then
+      cluster._on_internal(worker, value, handle)
+    end
+  end
+  function owner.on_error(err)
+    worker:emit("error", err)
+  end
+  function owner.on_close()
+    worker.state = "disconnected"
+    worker:emit("disconnect")
+    -- Not asked to leave: the master is gone or dropped us. No orphans.
+    if not worker.exitedAfterDisconnect then os.exit(0) end
+  end
+
+  worker._channel = Channel.open(fd, max_size, owner)
+  -- Written at once, without the loop: the master learns Lua is running
+  -- even if the script never runs the loop.
+  worker._channel:send({ act = "online" }, true)
+  worker._channel:flush_now()
+end
+
+return child

@@ -1,0 +1,36 @@
+-- Work for a later loop turn: 'setup', 'fork' and state changes started by
+-- a call are emitted after the call returns, so listeners added right
+-- after it still see them. One timer serves the whole queue; it is created
+-- on first use (require must leave no handle behind) and never closed.
+
+local uv = require("luv")
+
+local defer = {}
+
+local queue, head, tail = {}, 1, 0
+local timer
+
+-- Run everything queued so far, in order (also called to keep event order
+-- when a worker's own message overtakes the timer).
+function defer.run()
+  while head <= tail do
+    local job = queue[head]
+    queue[head] = nil
+    head = head + 1
+    job()
+  end
+  head, tail = 1, 0
+end
+
+function defer.pending()
+  return head <= tail
+end
+
+function defer.call(fn)
+  tail = tail + 1
+  queue[tail] = fn
+  if not timer then timer = uv.new_timer() end
+  if tail == head then timer:start(0, 0, defer.run) end
+end
+
+return defer

@@ -1,0 +1,102 @@
+-- The event emitter behind both `cluster` and every Worker.
+--
+-- Listener lists are copied on change, never on emit, so `emit` allocates
+-- nothing and a listener may add or remove listeners while it runs. A
+-- listener that raises is reported on stderr with its traceback and the
+-- other listeners still run: the cluster's own bookkeeping is done before
+-- events are emitted, so an error here cannot leave it half updated.
+
+local Emitter = {}
+Emitter.__index = Emitter
+
+local traceback = debug.traceback
+
+local function report(name, err)
+  io.stderr:write(("cluster: error in a '%s' listener: %s\n"):format(name, tostring(err)))
+end
+
+local function check_listener(fn)
+  if type(fn) ~= "function" then
+    error("bad argument 'listener' (function expected, got " .. type(fn) .. ")", 3)
+  end
+end
+
+local function check_name(name)
+  if type(name) ~= "string" then
+    error("bad argument 'name' (string expected, got " .. type(name) .. ")", 3)
+  end
+end
+
+-- Make `obj` an emitter (or a new table when obj is nil).
+function Emitter.new(obj)
+  obj = obj or {}
+  rawset(obj, "_events", {})
+  return obj
+end
+
+function Emitter:on(name, fn)
+  check_name(name)
+  check_listener(fn)
+  local old = self._events[name]
+  local list = { fn }
+  if old then
+    list = table.move(old, 1, #old, 1, {})
+    list[#list + 1] = fn
+  end
+  self._events[name] = list
+  return self
+end
+
+-- once-wrappers remember the listener they wrap, so `off(name, fn)` finds them.
+local wrapped = setmetatable({}, { __mode = "k" })
+
+function Emitter:once(name, fn)
+  check_name(name)
+  check_listener(fn)
+  local function once(...)
+    self:off(name, fn)
+    return fn(...)
+  end
+  wrapped[once] = fn
+  return self:on(name, once)
+end
+
+function Emitter:off(name, fn)
+  check_name(name)
+  local old = self._events[name]
+  if not old then return self end
+  local list = {}
+  local removed = false
+  for i = 1, #old do
+    local l = old[i]
+    if not removed and (l == fn or wrapped[l] == fn) then
+      removed = true
+    else
+      list[#list + 1] = l
+    end
+  end
+  self._events[name] = #list > 0 and list or nil
+  return self
+end
+
+function Emitter:listenerCount(name)
+  local list = self._events[name]
+  return list and #list or 0
+end
+
+-- Calls every listener of `name`; true when there was one. An 'error' with
+-- no listener is written to stderr rather than raised.
+function Emitter:emit(name, ...)
+  local list = self._events[name]
+  if not list then
+    if name == "error" then report("error", (...) or "unhandled 'error' event") end
+    return false
+  end
+  for i = 1, #list do
+    local ok, err = xpcall(list[i], traceback, ...)
+    if not ok then report(name, err) end
+  end
+  return true
+end
+
+return Emitter

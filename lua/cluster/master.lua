@@ -1,0 +1,254 @@
+-- The master role: setup, fork, the workers table, reaping and the master
+-- side of every Worker.
+
+local uv = require("luv")
+local core = require("cluster.core")
+local Channel = require("cluster.channel")
+local Worker = require("cluster.worker")
+local defer = require("cluster.defer")
+local settings = require("cluster.settings")
+
+local master = {}
+
+local MasterWorker = Worker.derive()
+
+-- Graceful: the worker closes its servers, then its end of the channel;
+-- 'disconnect' fires when that end closes.
+function MasterWorker:disconnect()
+  if self:isConnected() then
+    self.exitedAfterDisconnect = true
+    self:_send_internal({ act = "disconnect" })
+  end
+  return self
+end
+
+-- Signal first, then drop the channel: the worker ends by this signal
+-- rather than racing it with an exit on channel EOF.
+function MasterWorker:kill(signal)
+  local ok, signum = pcall(core.signum, signal or "SIGTERM")
+  if not ok then error("bad argument 'signal' (" .. tostring(signal) .. " is not a signal)", 2) end
+  self.exitedAfterDisconnect = true
+  if not self._exited then core.kill(self.pid, signum) end
+  if self._channel then self._channel:close() end
+  return self
+end
+
+-- Absolute path of the running script, fixed now so a later cwd setting
+-- does not break the default exec.
+local function script_path()
+  local script = arg and arg[0]
+  if not script then return nil end
+  if script:sub(1, 1) ~= "/" then script = uv.cwd() .. "/" .. script end
+  return script
+end
+
+-- The environment of a new worker as a list of "NAME=value".
+local function worker_env(s_env, fork_env, id, max_size)
+  local env = uv.os_environ()
+  for k, v in pairs(s_env) do env[k] = tostring(v) end
+  if fork_env then
+    for k, v in pairs(fork_env) do env[k] = tostring(v) end
+  end
+  env.LUA_CLUSTER_WORKER_ID = tostring(id)
+  env.LUA_CLUSTER_FD = tostring(core.CHANNEL_FD)
+  env.LUA_CLUSTER_MAX_MESSAGE_SIZE = tostring(max_size)
+  local list = {}
+  for k, v in pairs(env) do list[#list + 1] = k .. "=" .. v end
+  return list
+end
+
+-- The worker's interpreter finds modules where this one does, and loads
+-- the cluster module before its script, so 'online' means Lua is running.
+local function bootstrap()
+  return ("package.path=%q package.cpath=%q require('cluster')"):format(package.path, package.cpath)
+end
+
+function master.install(cluster)
+  cluster.isMaster, cluster.isPrimary, cluster.isWorker = true, true, false
+  cluster.workers = {}
+  cluster.settings = {}
+  cluster.schedulingPolicy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
+
+  local script = script_path()
+  local configured = false
+  local next_id = 1
+
+  function cluster.setup(given)
+    settings.validate(given or {}, 2)
+    local base = configured and cluster.settings or settings.defaults(script)
+    configured = true
+    local s = settings.merge(base, given or {})
+    cluster.settings = s
+    local copy = settings.merge(s, {})
+    defer.call(function() cluster:emit("setup", copy) end)
+  end
+  cluster.setupPrimary = cluster.setup
+  cluster.setupMaster = cluster.setup
+
+  -- Both halves of a worker's end are in: it leaves cluster.workers.
+  local function settle(worker)
+    if worker._exit_emitted and worker._disconnect_emitted then
+      if cluster.workers[worker.id] == worker then cluster.workers[worker.id] = nil end
+    end
+  end
+
+  local function on_disconnect(worker)
+    worker._disconnect_emitted = true
+    if worker.state ~= "dead" then worker.state = "disconnected" end
+    settle(worker)
+    worker:emit("disconnect")
+    cluster:emit("disconnect", worker)
+  end
+
+  local function on_exit(worker, code, signal)
+    worker._exit_emitted = true
+    worker.state = "dead"
+    settle(worker)
+    worker:emit("exit", code, signal)
+    cluster:emit("exit", worker, code, signal)
+    cluster:emit("death", worker, code, signal)
+    -- Output pipes nobody reads would hold their fds forever.
+    for _, name in ipairs({ "stdout", "stderr" }) do
+      local pipe = worker.process[name]
+      if pipe and not pipe:is_closing() and not pipe:is_active() then pipe:close() end
+    end
+  end
+
+  -- The process has ended: deliver what it wrote before it died, then
+  -- 'disconnect', then 'exit'.
+  local function exited(worker, code, signum)
+    worker._exited = true
+    local ch = worker._channel
+    if ch then ch:drain() end
+    local signal = signum and (core.signame(signum) or signum)
+    defer.call(function() on_exit(worker, code, signal) end)
+  end
+
+  local sigchld -- uv signal handle, only where pidfds are missing
+  local waiting = {} -- pid -> worker, for the SIGCHLD fallback
+
+  local function reap(worker)
+    local done, code, signum = core.waitpid(worker.pid)
+    if done == false then return false end
+    -- nil: someone else reaped it (a waitpid(-1) elsewhere); it has ended.
+    exited(worker, code, signum)
+    return true
+  end
+
+  local function watch_exit(worker)
+    local pidfd = core.pidfd_open(worker.pid)
+    if pidfd then
+      local poll = uv.new_poll(pidfd)
+      poll:start("r", function()
+        if reap(worker) then
+          poll:stop()
+          poll:close()
+          core.close(pidfd)
+        end
+      end)
+      return
+    end
+    waiting[worker.pid] = worker
+    if not sigchld then
+      sigchld = uv.new_signal()
+      sigchld:start("sigchld", function()
+        for pid, w in pairs(waiting) do
+          if reap(w) then waiting[pid] = nil end
+        end
+      end)
+    end
+    if reap(worker) then waiting[worker.pid] = nil end
+  end
+
+  local function channel_owner(worker)
+    local owner = {}
+    function owner.on_message(value, internal, handle)
+      -- 'fork' (queued for a later turn) must come before anything the
+      -- worker says.
+      if defer.pending() then defer.run() end
+      if internal then
+        local act = type(value) == "table" and value.act
+        if act == "online" then
+          worker.state = "online"
+          worker:emit("online")
+          cluster:emit("online", worker)
+        elseif act == "exitedAfterDisconnect" then
+          worker.exitedAfterDisconnect = true
+        elseif cluster._on_internal then
+          cluster._on_internal(worker, value, handle)
+        end
+        return
+      end
+      worker:emit("message", value, handle)
+      cluster:emit("message", worker, value, handle)
+    end
+    function owner.on_error(err)
+      worker:emit("error", err)
+    end
+    function owner.on_close()
+      on_disconnect(worker)
+    end
+    return owner
+  end
+
+  local function check_env(env)
+    if env == nil then return end
+    local ok, err = pcall(settings.validate, { env = env }, 1)
+    if not ok then error("bad argument 'env' to cluster.fork (" .. tostring(err):gsub("^.-: ", "") .. ")", 3) end
+  end
+
+  function cluster.fork(env)
+    check_env(env)
+    if not configured then cluster.setup({}) end
+    local s = cluster.settings
+    if not s.exec then error("cluster.fork: no script to run (set 'exec' with cluster.setup)", 2) end
+    local id = next_id
+    local argv = { s.lua }
+    for _, a in ipairs(s.luaArgs) do argv[#argv + 1] = a end
+    argv[#argv + 1] = "-e"
+    argv[#argv + 1] = bootstrap()
+    argv[#argv + 1] = s.exec
+    for _, a in ipairs(s.args) do argv[#argv + 1] = a end
+
+    local pid, chfd, outfd, errfd = core.spawn({
+      path = s.lua, script = s.exec, argv = argv, cwd = s.cwd, uid = s.uid, gid = s.gid,
+      silent = s.silent, env = worker_env(s.env, env, id, s.maxMessageSize),
+    })
+    if not pid then error("cluster.fork: " .. chfd, 2) end
+    next_id = id + 1
+
+    local worker = Worker.new(MasterWorker, id, pid)
+    if outfd then
+      worker.process.stdout = uv.new_pipe(false)
+      worker.process.stdout:open(outfd)
+      worker.process.stderr = uv.new_pipe(false)
+      worker.process.stderr:open(errfd)
+    end
+    worker._channel = Channel.open(chfd, s.maxMessageSize, channel_owner(worker))
+    watch_exit(worker)
+    cluster.workers[id] = worker
+    defer.call(function() cluster:emit("fork", worker) end)
+    return worker
+  end
+
+  function cluster.disconnect(cb)
+    if cb ~= nil and type(cb) ~= "function" then
+      error("bad argument 'callback' (function expected, got " .. type(cb) .. ")", 2)
+    end
+    local left = 0
+    local function one_done()
+      left = left - 1
+      if left == 0 and cb then cb() end
+    end
+    for _, worker in pairs(cluster.workers) do
+      if worker:isConnected() then
+        left = left + 1
+        worker:once("disconnect", one_done)
+        worker:disconnect()
+      end
+    end
+    if left == 0 and cb then defer.call(cb) end
+  end
+end
+
+return master

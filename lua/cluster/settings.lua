@@ -1,0 +1,101 @@
+-- cluster.setup() keys: their types, defaults and validation. A bad key or
+-- value raises an error that names it.
+
+local core = require("cluster.core")
+
+local settings = {}
+
+local function is_string_list(v)
+  if type(v) ~= "table" then return false end
+  local n = #v
+  for k, x in pairs(v) do
+    if math.type(k) ~= "integer" or k < 1 or k > n or type(x) ~= "string" then
+      return false
+    end
+  end
+  return true
+end
+
+local function is_env(v)
+  if type(v) ~= "table" then return false end
+  for k, x in pairs(v) do
+    if type(k) ~= "string" or k == "" or k:find("[=%z]") then return false end
+    local t = type(x)
+    if t ~= "string" and t ~= "number" and t ~= "boolean" then return false end
+  end
+  return true
+end
+
+local function is_id(v)
+  return math.type(v) == "integer" and v >= 0 and v <= 0x7fffffff
+end
+
+local function is_size(v)
+  return math.type(v) == "integer" and v > 0 and v <= 0xffffffff
+end
+
+-- key -> { check, what the value must be }
+local schema = {
+  exec = { function(v) return type(v) == "string" and v ~= "" end, "a non-empty string" },
+  args = { is_string_list, "a list of strings" },
+  lua = { function(v) return type(v) == "string" and v ~= "" end, "a non-empty string" },
+  luaArgs = { is_string_list, "a list of strings" },
+  env = { is_env, "a table of name = string|number|boolean" },
+  cwd = { function(v) return type(v) == "string" and v ~= "" end, "a non-empty string" },
+  silent = { function(v) return type(v) == "boolean" end, "a boolean" },
+  uid = { is_id, "an integer user id" },
+  gid = { is_id, "an integer group id" },
+  maxMessageSize = { is_size, "an integer number of bytes from 1 to 4 GiB - 1" },
+}
+
+settings.DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = x end
+  return t
+end
+settings.copy = copy
+
+-- Raises unless every key of `given` is known and has a value of its type.
+function settings.validate(given, level)
+  if type(given) ~= "table" then
+    error("bad argument 'settings' (table expected, got " .. type(given) .. ")", level + 1)
+  end
+  for k, v in pairs(given) do
+    local rule = schema[k]
+    if not rule then
+      error(("cluster.setup: unknown setting '%s'"):format(tostring(k)), level + 1)
+    end
+    if not rule[1](v) then
+      error(("cluster.setup: setting '%s' must be %s (got %s)"):format(k, rule[2], type(v)), level + 1)
+    end
+  end
+end
+
+-- The defaults: this interpreter running this script with its arguments.
+-- `script` is the absolute path of arg[0] taken when the module loaded.
+function settings.defaults(script)
+  local args = {}
+  for i = 1, #(arg or {}) do args[i] = arg[i] end
+  return {
+    exec = script,
+    args = args,
+    lua = core.exe_path() or "lua5.4",
+    luaArgs = {},
+    env = {},
+    silent = false,
+    maxMessageSize = settings.DEFAULT_MAX_MESSAGE_SIZE,
+  }
+end
+
+-- `base` with `given` merged in, each table value copied.
+function settings.merge(base, given)
+  local out = {}
+  for k, v in pairs(base) do out[k] = copy(v) end
+  for k, v in pairs(given) do out[k] = copy(v) end
+  return out
+end
+
+return settings

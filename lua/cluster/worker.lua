@@ -1,0 +1,62 @@
+-- What a Worker is in both roles: an emitter with an id, a pid and the
+-- channel to the other side. master.lua and child.lua add the role's own
+-- disconnect() and kill().
+
+local Emitter = require("cluster.emitter")
+local Channel = require("cluster.channel")
+local defer = require("cluster.defer")
+
+local Worker = setmetatable({}, { __index = Emitter })
+Worker.__index = Worker
+
+-- A new worker of the class `class` (Worker or one derived from it).
+function Worker.new(class, id, pid)
+  local w = Emitter.new({
+    id = id,
+    pid = pid,
+    process = { pid = pid },
+    state = "none",
+    exitedAfterDisconnect = false,
+  })
+  return setmetatable(w, class)
+end
+
+-- A class derived from Worker.
+function Worker.derive()
+  local class = setmetatable({}, { __index = Worker })
+  class.__index = class
+  return class
+end
+
+-- send(message[, handle][, cb]) -> boolean
+function Worker:send(message, handle, cb)
+  if cb == nil and type(handle) == "function" then handle, cb = nil, handle end
+  if cb ~= nil and type(cb) ~= "function" then
+    error("bad argument 'callback' (function expected, got " .. type(cb) .. ")", 2)
+  end
+  local kind, fd
+  if handle ~= nil then kind, fd = Channel.handle_fd(handle) end
+  local ch = self._channel
+  if not ch then
+    if cb then defer.call(function() cb("channel closed") end) end
+    return false
+  end
+  return ch:send(message, false, kind, fd, cb)
+end
+
+-- Internal (cluster protocol) messages share the channel with user ones.
+function Worker:_send_internal(message)
+  local ch = self._channel
+  return ch ~= nil and ch:send(message, true)
+end
+
+function Worker:isConnected()
+  local ch = self._channel
+  return ch ~= nil and ch:is_open()
+end
+
+function Worker:isDead()
+  return self.state == "dead"
+end
+
+return Worker
