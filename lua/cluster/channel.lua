@@ -12,6 +12,10 @@ local FD_KIND = core.FD_KIND
 local Channel = {}
 Channel.__index = Channel
 
+-- Read results that mean the other process has gone: not an error. A peer
+-- that dies with our messages unread resets the connection.
+local PEER_GONE = { EOF = true, ECONNRESET = true, EPIPE = true }
+
 -- Channels with frames not yet handed to the kernel.
 local dirty = {}
 local flusher -- uv prepare handle, created on the first send
@@ -155,7 +159,7 @@ function Channel:_read(max_reads)
     local ok, err, code = ch:read()
     if ok == false then return end
     if ok == nil then
-      if err == "EOF" then self:close() else self:_fail(err, code) end
+      if PEER_GONE[code] then self:close() else self:_fail(err, code) end
       return
     end
     while true do
@@ -176,7 +180,9 @@ end
 
 function Channel:_on_poll(err, events)
   if self.closed then return end
-  if err then return self:_fail("channel poll: " .. tostring(err), err) end
+  -- libuv reports POLLERR as an error (a peer that died with messages
+  -- unread): read what is left; the read then says whether it was EOF.
+  if err then return self:drain() end
   if events:find("w", 1, true) then self:_flush() end
   if not self.closed and not self.closing and events:find("r", 1, true) then self:_read(4) end
 end

@@ -59,8 +59,18 @@ end
 
 -- The worker's interpreter finds modules where this one does, and loads
 -- the cluster module before its script, so 'online' means Lua is running.
+-- Relative search paths are made absolute, as the worker may run in
+-- another cwd.
+local function absolute_paths(path)
+  local cwd = uv.cwd()
+  return (path:gsub("[^;]+", function(p)
+    if p:sub(1, 1) ~= "/" then return cwd .. "/" .. p end
+  end))
+end
+
 local function bootstrap()
-  return ("package.path=%q package.cpath=%q require('cluster')"):format(package.path, package.cpath)
+  return ("package.path=%q package.cpath=%q require('cluster')"):format(
+    absolute_paths(package.path), absolute_paths(package.cpath))
 end
 
 function master.install(cluster)
@@ -75,11 +85,12 @@ function master.install(cluster)
 
   function cluster.setup(given)
     settings.validate(given or {}, 2)
-    local base = configured and cluster.settings or settings.defaults(script)
+    local defaults = settings.defaults(script)
+    local base = configured and cluster.settings or defaults
     configured = true
-    local s = settings.merge(base, given or {})
+    local s = settings.merge(base, given or {}, defaults)
     cluster.settings = s
-    local copy = settings.merge(s, {})
+    local copy = settings.merge(s, {}, defaults)
     defer.call(function() cluster:emit("setup", copy) end)
   end
   cluster.setupPrimary = cluster.setup

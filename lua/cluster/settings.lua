@@ -59,6 +59,8 @@ end
 settings.copy = copy
 
 -- Raises unless every key of `given` is known and has a value of its type.
+-- `false` is accepted for every key: it puts the key back to its default
+-- (a Lua table cannot hold nil, so this is how `cwd` or `uid` is unset).
 function settings.validate(given, level)
   if type(given) ~= "table" then
     error("bad argument 'settings' (table expected, got " .. type(given) .. ")", level + 1)
@@ -68,7 +70,7 @@ function settings.validate(given, level)
     if not rule then
       error(("cluster.setup: unknown setting '%s'"):format(tostring(k)), level + 1)
     end
-    if not rule[1](v) then
+    if v ~= false and not rule[1](v) then
       error(("cluster.setup: setting '%s' must be %s (got %s)"):format(k, rule[2], type(v)), level + 1)
     end
   end
@@ -90,11 +92,15 @@ function settings.defaults(script)
   }
 end
 
--- `base` with `given` merged in, each table value copied.
-function settings.merge(base, given)
+-- `base` with `given` merged in, each table value copied; a false in
+-- `given` takes the key's value from `defaults`.
+function settings.merge(base, given, defaults)
   local out = {}
   for k, v in pairs(base) do out[k] = copy(v) end
-  for k, v in pairs(given) do out[k] = copy(v) end
+  for k, v in pairs(given) do
+    if v == false and k ~= "silent" then v = defaults[k] end
+    out[k] = copy(v)
+  end
   return out
 end
 

@@ -1,0 +1,16 @@
+local helper = require("helper")
+local cluster = require("cluster")
+
+describe("a worker", function()
+  it("echoes a message and exits after disconnect", function()
+    cluster.setup({ exec = helper.fixture("echo"), args = {} })
+    local w = cluster.fork()
+    local got
+    w:on("message", function(m) got = m w:disconnect() end)
+    w:send({ hello = "world" })
+    assert.is_true(helper.wait(function() return w:isDead() end, 5000))
+    assert.same({ hello = "world" }, got)
+    assert.is_true(w.exitedAfterDisconnect)
+    assert.is_nil(cluster.workers[w.id])
+  end)
+end)

@@ -1,0 +1,130 @@
+-- Loaded once before every spec file (see .busted), outside busted's
+-- per-file insulation, so all specs share one luv loop and one cluster
+-- module, as a real program would.
+
+local uv = require("luv")
+require("cluster")
+
+local helper = {}
+
+local root = uv.cwd()
+
+function helper.fixture(name)
+  return root .. "/spec/fixtures/" .. name .. ".lua"
+end
+
+-- Run the loop until cond() is true or timeout_ms has passed; returns
+-- cond(). The loop is checked after every event, never slept on.
+function helper.wait(cond, timeout_ms)
+  if cond() then return true end
+  -- prepare runs before the loop would block: after timers, deferred
+  -- events and the previous turn's I/O alike.
+  local timer, check = uv.new_timer(), uv.new_prepare()
+  -- Also wake every few ms, for conditions outside this loop (another
+  -- process ending).
+  uv.update_time()
+  local deadline = uv.now() + (timeout_ms or 5000)
+  timer:start(5, 5, function()
+    if uv.now() >= deadline then uv.stop() end
+  end)
+  check:start(function() if cond() then uv.stop() end end)
+  uv.run("default")
+  timer:close()
+  check:close()
+  uv.run("nowait") -- let the two closes finish
+  return cond() and true or false
+end
+
+-- Close a handle and let the loop finish the close: a close still pending
+-- when the Lua state is torn down crashes luv 1.44 at exit.
+function helper.close(handle)
+  local closed = false
+  handle:close(function() closed = true end)
+  helper.wait(function() return closed end, 1000)
+end
+
+-- Number of open fds of this process.
+function helper.fd_count()
+  local n = 0
+  local req = assert(uv.fs_scandir("/proc/self/fd"))
+  while uv.fs_scandir_next(req) do n = n + 1 end
+  return n
+end
+
+-- Pids of this process's children that have ended but were not reaped.
+function helper.zombies()
+  local me = uv.os_getpid()
+  local found = {}
+  local req = assert(uv.fs_scandir("/proc"))
+  while true do
+    local name = uv.fs_scandir_next(req)
+    if not name then break end
+    if name:match("^%d+$") then
+      local f = io.open("/proc/" .. name .. "/stat")
+      local stat = f and f:read("a")
+      if f then f:close() end
+      -- pid (comm) state ppid ...; comm may hold spaces, so match from ')'
+      local state, ppid = stat and stat:match("%) (%a) (%d+)")
+      if state == "Z" and tonumber(ppid) == me then found[#found + 1] = tonumber(name) end
+    end
+  end
+  return found
+end
+
+local function proc_state(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local stat = f:read("a")
+  f:close()
+  return stat:match("%) (%a) ")
+end
+
+-- True while the process runs (an unreaped zombie does not count).
+function helper.alive(pid)
+  local state = proc_state(pid)
+  return state ~= nil and state ~= "Z"
+end
+
+-- Run a Lua script as a separate process; lines of its stdout go to
+-- on_line(line). Returns the uv process handle and pid; exit is recorded
+-- in the returned state table {code=, signal=, exited=}.
+function helper.spawn_lua(script, args, on_line, env)
+  local stdout = uv.new_pipe(false)
+  local state = { lines = {} }
+  local all_args = { script }
+  for _, a in ipairs(args or {}) do all_args[#all_args + 1] = a end
+  local cpath = package.cpath
+  local lpath = package.path
+  local envlist = { "LUA_PATH_5_4=" .. lpath, "LUA_CPATH_5_4=" .. cpath }
+  for k, v in pairs(uv.os_environ()) do
+    if k ~= "LUA_PATH_5_4" and k ~= "LUA_CPATH_5_4" then envlist[#envlist + 1] = k .. "=" .. v end
+  end
+  for _, kv in ipairs(env or {}) do envlist[#envlist + 1] = kv end
+  local buf = ""
+  local handle, pid
+  handle, pid = uv.spawn(require("cluster.core").exe_path(), {
+    args = all_args, stdio = { nil, stdout, 2 }, env = envlist,
+  }, function(code, signal)
+    state.exited, state.code, state.signal = true, code, signal
+    handle:close()
+  end)
+  assert(handle, pid)
+  stdout:read_start(function(err, data)
+    if data then
+      buf = buf .. data
+      for line in buf:gmatch("([^\n]*)\n") do
+        state.lines[#state.lines + 1] = line
+        if on_line then on_line(line) end
+      end
+      buf = buf:match("[^\n]*$")
+    else
+      stdout:close()
+      state.eof = true
+    end
+  end)
+  state.pid = pid
+  return state
+end
+
+package.loaded.helper = helper
+return helper
