@@ -16,22 +16,32 @@ Channel.__index = Channel
 -- that dies with our messages unread resets the connection.
 local PEER_GONE = { EOF = true, ECONNRESET = true, EPIPE = true }
 
--- Channels with frames not yet handed to the kernel.
-local dirty = {}
-local flusher -- uv prepare handle, created on the first send
+-- Channels with frames not yet handed to the kernel. A flush runs send
+-- callbacks, which may send again: those land in the fresh `dirty` set,
+-- and an idle handle keeps the loop from blocking until they are out.
+local dirty, flushing = {}, {}
+local flusher, waker -- uv prepare and idle handles, made on the first send
 
 local function flush_dirty()
-  for ch in pairs(dirty) do
-    dirty[ch] = nil
+  dirty, flushing = flushing, dirty
+  for ch in pairs(flushing) do
+    flushing[ch] = nil
     ch:_flush()
   end
-  flusher:stop()
+  if next(dirty) == nil then
+    flusher:stop()
+    waker:stop()
+  else
+    waker:start(function() end)
+  end
 end
 
 local function mark_dirty(ch)
   if dirty[ch] then return end
   dirty[ch] = true
-  if not flusher then flusher = uv.new_prepare() end
+  if not flusher then
+    flusher, waker = uv.new_prepare(), uv.new_idle()
+  end
   flusher:start(flush_dirty)
 end
 
@@ -81,8 +91,9 @@ function Channel.open(fd, max_message_size, owner)
   local self = setmetatable({
     core = core.channel(fd, max_message_size),
     owner = owner,
-    callbacks = nil, -- FIFO of { end_offset, cb } for sends with a callback
+    callbacks = nil, -- FIFO [cb_head..cb_tail] of { end_offset, cb }
     cb_head = 1,
+    cb_tail = 0,
     closed = false,
     closing = false,
     writing = false, -- poll also watches for writability
@@ -107,9 +118,11 @@ function Channel:send(value, internal, kind, fd, cb)
     local q = self.callbacks
     if not q then
       q = {}
-      self.callbacks = q
+      self.callbacks, self.cb_head, self.cb_tail = q, 1, 0
     end
-    q[#q + 1] = { end_offset, cb }
+    local tail = self.cb_tail + 1
+    q[tail] = { end_offset, cb }
+    self.cb_tail = tail
   end
   mark_dirty(self)
   return true
@@ -131,17 +144,17 @@ function Channel:_flush()
     self:close(pending, code)
     return
   end
+  -- Callbacks of the messages now written, in order; each may send more.
   local q = self.callbacks
-  if q then
+  while q and self.cb_head <= self.cb_tail and q[self.cb_head][1] <= written do
     local i = self.cb_head
-    while q[i] and q[i][1] <= written do
-      local cb = q[i][2]
-      q[i] = nil
-      i = i + 1
-      cb(nil)
-    end
-    if q[i] then self.cb_head = i else self.callbacks, self.cb_head = nil, 1 end
+    local cb = q[i][2]
+    q[i] = nil
+    self.cb_head = i + 1
+    cb(nil)
+    q = self.callbacks
   end
+  if q and self.cb_head > self.cb_tail then self.callbacks = nil end
   if pending > 0 then
     self:_watch(true)
   elseif self.closing then
@@ -218,13 +231,10 @@ function Channel:close()
   self.poll:stop()
   self.poll:close()
   self.core:close()
-  local q, i = self.callbacks, self.cb_head
+  local q, head, tail = self.callbacks, self.cb_head, self.cb_tail
   self.callbacks = nil
   defer.call(function()
-    while q and q[i] do
-      q[i][2]("channel closed")
-      i = i + 1
-    end
+    for i = head, q and tail or 0 do q[i][2]("channel closed") end
     self.owner.on_close()
   end)
 end

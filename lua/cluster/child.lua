@@ -47,7 +47,7 @@ function child.install(cluster, id, fd, max_size)
   cluster.isMaster, cluster.isPrimary, cluster.isWorker = false, false, true
   cluster.schedulingPolicy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
 
-  local worker = Worker.new(ChildWorker, id, uv.os_getpid())
+  local worker = Worker.new(ChildWorker, id, math.tointeger(uv.os_getpid()))
   worker.state = "online"
   cluster.worker = worker
 

@@ -15,6 +15,10 @@ local function report(name, err)
   io.stderr:write(("cluster: error in a '%s' listener: %s\n"):format(name, tostring(err)))
 end
 
+local function report_unhandled(err)
+  io.stderr:write(("cluster: 'error' event with no listener: %s\n"):format(tostring(err)))
+end
+
 local function check_listener(fn)
   if type(fn) ~= "function" then
     error("bad argument 'listener' (function expected, got " .. type(fn) .. ")", 3)
@@ -89,7 +93,7 @@ end
 function Emitter:emit(name, ...)
   local list = self._events[name]
   if not list then
-    if name == "error" then report("error", (...) or "unhandled 'error' event") end
+    if name == "error" then report_unhandled((...)) end
     return false
   end
   for i = 1, #list do

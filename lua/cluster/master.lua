@@ -146,8 +146,11 @@ function master.install(cluster)
     return true
   end
 
+  -- LUA_CLUSTER_REAP=sigchld forces the fallback, so tests cover it.
+  local use_pidfd = os.getenv("LUA_CLUSTER_REAP") ~= "sigchld"
+
   local function watch_exit(worker)
-    local pidfd = core.pidfd_open(worker.pid)
+    local pidfd = use_pidfd and core.pidfd_open(worker.pid)
     if pidfd then
       local poll = uv.new_poll(pidfd)
       poll:start("r", function()
@@ -159,16 +162,18 @@ function master.install(cluster)
       end)
       return
     end
-    waiting[worker.pid] = worker
-    if not sigchld then
-      sigchld = uv.new_signal()
-      sigchld:start("sigchld", function()
-        for pid, w in pairs(waiting) do
-          if reap(w) then waiting[pid] = nil end
-        end
-      end)
+    -- The signal handle watches only while a worker is running, so it
+    -- does not keep the loop alive after the last one.
+    local function reap_waiting()
+      for pid, w in pairs(waiting) do
+        if reap(w) then waiting[pid] = nil end
+      end
+      if next(waiting) == nil then sigchld:stop() end
     end
-    if reap(worker) then waiting[worker.pid] = nil end
+    waiting[worker.pid] = worker
+    sigchld = sigchld or uv.new_signal()
+    sigchld:start("sigchld", reap_waiting)
+    reap_waiting() -- it may have ended before the handle was started
   end
 
   local function channel_owner(worker)
@@ -236,9 +241,10 @@ function master.install(cluster)
       worker.process.stderr:open(errfd)
     end
     worker._channel = Channel.open(chfd, s.maxMessageSize, channel_owner(worker))
-    watch_exit(worker)
     cluster.workers[id] = worker
     defer.call(function() cluster:emit("fork", worker) end)
+    -- Last: it may see the worker (or, on the SIGCHLD path, others) end.
+    watch_exit(worker)
     return worker
   end
 

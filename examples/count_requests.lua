@@ -1,0 +1,70 @@
+-- The message example of Node's original cluster document, in Lua: one
+-- worker per core serves HTTP hello-world and tells the master about each
+-- request; the master prints the count every second.
+--
+--   lua5.4 examples/count_requests.lua [seconds]
+--
+-- Until shared ports land, worker N listens on 127.0.0.1:(8000 + N).
+-- Ctrl-C (or the optional run time) disconnects the workers and ends it.
+local uv = require("luv")
+local cluster = require("cluster")
+
+local RESPONSE = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello world\n"
+
+if cluster.isMaster then
+  local numReqs = 0
+  for _ = 1, uv.available_parallelism() do
+    local worker = cluster.fork()
+    worker:on("message", function(msg)
+      if type(msg) ~= "table" then return end
+      if msg.cmd == "notifyRequest" then
+        numReqs = numReqs + 1
+      elseif msg.cmd == "serving" then
+        print(("worker %d (pid %d) serving http://127.0.0.1:%d/"):format(worker.id, worker.pid, msg.port))
+      end
+    end)
+  end
+  cluster:on("exit", function(worker, code, signal)
+    print(("worker %d (pid %d) ended: %s"):format(worker.id, worker.pid, signal or ("code " .. code)))
+  end)
+
+  local ticker, sigint, deadline = uv.new_timer(), uv.new_signal(), uv.new_timer()
+  ticker:start(1000, 1000, function() print("numReqs =", numReqs) end)
+  local function stop()
+    ticker:close()
+    sigint:close()
+    deadline:close()
+    cluster.disconnect(function() print("all workers disconnected") end)
+  end
+  sigint:start("sigint", stop)
+  local seconds = tonumber(arg[1])
+  if seconds then deadline:start(seconds * 1000, 0, stop) end
+  uv.run()
+else
+  local port = 8000 + cluster.worker.id
+  local server = uv.new_tcp()
+  assert(server:bind("127.0.0.1", port))
+  assert(server:listen(128, function(err)
+    assert(not err, err)
+    local client = uv.new_tcp()
+    server:accept(client)
+    client:read_start(function(rerr, data)
+      if rerr or not data then
+        client:close()
+      elseif data:find("\r\n\r\n", 1, true) then
+        client:write(RESPONSE, function() client:close() end)
+        cluster.worker:send({ cmd = "notifyRequest" })
+      end
+    end)
+  end))
+  -- Until port sharing routes binds to the master, say where we listen.
+  cluster.worker:send({ cmd = "serving", port = port })
+  -- Ctrl-C reaches the whole process group: leave it to the master.
+  local sigint = uv.new_signal()
+  sigint:start("sigint", function() end)
+  cluster.worker:on("disconnect", function()
+    server:close()
+    sigint:close()
+  end)
+  uv.run()
+end

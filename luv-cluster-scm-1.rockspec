@@ -1,0 +1,40 @@
+rockspec_format = "3.0"
+package = "luv-cluster"
+version = "scm-1"
+source = {
+   url = "git+file:///dev/null", -- installed from a checkout: `luarocks make`
+}
+description = {
+   summary = "Node's cluster module for Lua on luv: workers, messages, shared ports",
+   detailed = [[
+A master process forks Lua workers that exchange messages with it over a
+fast framed channel; the master sees workers come online, disconnect and
+exit. The C core does the process work (fork/exec, the channel, message
+serialization, fd passing, reaping); the Lua layer is the event API.
+]],
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.4",
+   -- Satisfied by Debian's lua-luv: install with --deps-mode=none (README).
+   "luv",
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["cluster"] = "lua/cluster/init.lua",
+      ["cluster.channel"] = "lua/cluster/channel.lua",
+      ["cluster.child"] = "lua/cluster/child.lua",
+      ["cluster.defer"] = "lua/cluster/defer.lua",
+      ["cluster.emitter"] = "lua/cluster/emitter.lua",
+      ["cluster.master"] = "lua/cluster/master.lua",
+      ["cluster.settings"] = "lua/cluster/settings.lua",
+      ["cluster.worker"] = "lua/cluster/worker.lua",
+      ["cluster.core"] = {
+         sources = {
+            "csrc/buffer.c", "csrc/channel.c", "csrc/codec.c", "csrc/core.c",
+            "csrc/frame.c", "csrc/reap.c", "csrc/signals.c", "csrc/spawn.c",
+         },
+      },
+   },
+}

@@ -1,0 +1,32 @@
+-- The channel's send queue: sends made from a send callback still go out.
+local helper = require("helper")
+local cluster = require("cluster")
+
+describe("the channel", function()
+  it("writes a message sent from another message's write callback", function()
+    cluster.setup({ exec = helper.fixture("send_in_callback"), args = {} })
+    local w = cluster.fork()
+    local got = {}
+    w:on("message", function(m) got[#got + 1] = m end)
+    local ok = helper.wait(function() return #got == 3 end, 5000)
+    w:kill("SIGKILL")
+    assert.is_true(helper.wait(function() return w:isDead() end))
+    assert.is_true(ok, "only " .. #got .. " of 3 messages arrived")
+    assert.equal("first", got[1])
+    assert.equal("second", got[2])
+    assert.same({ pid = w.pid, integer = true }, got[3])
+  end)
+
+  it("does the same from the master's side", function()
+    cluster.setup({ exec = helper.fixture("echo"), args = {} })
+    local w = cluster.fork()
+    local got = {}
+    w:on("message", function(m) got[#got + 1] = m end)
+    w:send(1, function() w:send(2, function() w:send(3) end) end)
+    local ok = helper.wait(function() return #got == 3 end, 5000)
+    w:kill("SIGKILL")
+    assert.is_true(helper.wait(function() return w:isDead() end))
+    assert.is_true(ok)
+    assert.same({ 1, 2, 3 }, got)
+  end)
+end)
