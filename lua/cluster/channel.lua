@@ -8,6 +8,8 @@ local core = require("cluster.core")
 local defer = require("cluster.defer")
 
 local FD_KIND = core.FD_KIND
+-- Called directly on the hot paths, without a method lookup per message.
+local core_send, core_next = core.channel_methods.send, core.channel_methods.next
 
 local Channel = {}
 Channel.__index = Channel
@@ -94,6 +96,7 @@ function Channel.open(fd, max_message_size, owner)
     callbacks = nil, -- FIFO [cb_head..cb_tail] of { end_offset, cb }
     cb_head = 1,
     cb_tail = 0,
+    open = true, -- neither closing nor closed: sends are taken
     closed = false,
     closing = false,
     writing = false, -- poll also watches for writability
@@ -104,16 +107,16 @@ function Channel.open(fd, max_message_size, owner)
 end
 
 function Channel:is_open()
-  return not self.closed and not self.closing
+  return self.open
 end
 
 -- Queue one value; raises when it cannot be sent. false when closed.
 function Channel:send(value, internal, kind, fd, cb)
-  if not self:is_open() then
+  if not self.open then
     if cb then defer.call(function() cb("channel closed") end) end
     return false
   end
-  local end_offset = self.core:send(value, internal, kind, fd)
+  local end_offset = core_send(self.core, value, internal, kind, fd)
   if cb then
     local q = self.callbacks
     if not q then
@@ -124,7 +127,7 @@ function Channel:send(value, internal, kind, fd, cb)
     q[tail] = { end_offset, cb }
     self.cb_tail = tail
   end
-  mark_dirty(self)
+  if not dirty[self] then mark_dirty(self) end
   return true
 end
 
@@ -165,18 +168,25 @@ function Channel:_flush()
 end
 
 -- Reads and dispatches what is waiting, at most max_reads reads: a bound
--- per wake-up keeps one busy peer from starving the loop.
-function Channel:_read(max_reads)
+-- per wake-up keeps one busy peer from starving the loop. to_eof: read
+-- until the socket says EAGAIN or EOF.
+function Channel:_read(max_reads, to_eof)
   local ch, owner = self.core, self.owner
+  local on_message = owner.on_message
+  local more = true
   for _ = 1, max_reads do
+    -- A short read usually means the socket is empty (it can also stop at
+    -- a frame carrying an fd: level-triggered polling brings us back).
+    if not more and not to_eof then return end
     local ok, err, code = ch:read()
     if ok == false then return end
     if ok == nil then
       if PEER_GONE[code] then self:close() else self:_fail(err, code) end
       return
     end
+    more = err -- read()'s second result: the buffer filled up
     while true do
-      local has, value, internal, kind, fd = ch:next()
+      local has, value, internal, kind, fd = core_next(ch)
       if has == false then break end
       if has == nil then return self:_fail(value, "EPROTO") end
       local handle
@@ -185,8 +195,8 @@ function Channel:_read(max_reads)
         handle, werr = wrap_fd(kind, fd)
         if not handle then owner.on_error("cannot open the received handle: " .. tostring(werr)) end
       end
-      owner.on_message(value, internal, handle)
-      if self.closed or self.closing then return end
+      on_message(value, internal, handle)
+      if not self.open then return end
     end
   end
 end
@@ -197,14 +207,19 @@ function Channel:_on_poll(err, events)
   -- unread): read what is left; the read then says whether it was EOF.
   if err then return self:drain() end
   if events:find("w", 1, true) then self:_flush() end
-  if not self.closed and not self.closing and events:find("r", 1, true) then self:_read(4) end
+  if not self.closed and not self.closing and events:find("r", 1, true) then
+    self:_read(4)
+    -- Replies sent by the listeners go out now rather than a loop turn
+    -- later: a round trip costs one pass through the loop, not two.
+    if next(dirty) ~= nil then flush_dirty() end
+  end
 end
 
 -- Dispatch everything the peer wrote before it went away (the worker's
 -- exit can be seen before its channel's EOF), then close.
 function Channel:drain()
   if self.closed or self.closing then return end
-  self:_read(math.huge)
+  self:_read(math.huge, true)
   self:close()
 end
 
@@ -216,7 +231,7 @@ end
 -- Close once everything queued has been written.
 function Channel:finish()
   if self.closed or self.closing then return end
-  self.closing = true
+  self.closing, self.open = true, false
   dirty[self] = nil
   self.writing = nil
   self:_flush()
@@ -226,7 +241,7 @@ end
 -- error, and owner.on_close runs on a later loop turn.
 function Channel:close()
   if self.closed then return end
-  self.closed = true
+  self.closed, self.open = true, false
   dirty[self] = nil
   self.poll:stop()
   self.poll:close()

@@ -20,13 +20,14 @@ function defer.run()
     job()
   end
   head, tail = 1, 0
+  defer.waiting = false
 end
 
-function defer.pending()
-  return head <= tail
-end
+-- true while jobs are queued (a field: it is read once per message).
+defer.waiting = false
 
 function defer.call(fn)
+  defer.waiting = true
   tail = tail + 1
   queue[tail] = fn
   if not timer then timer = uv.new_timer() end

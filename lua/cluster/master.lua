@@ -181,7 +181,7 @@ function master.install(cluster)
     function owner.on_message(value, internal, handle)
       -- 'fork' (queued for a later turn) must come before anything the
       -- worker says.
-      if defer.pending() then defer.run() end
+      if defer.waiting then defer.run() end
       if internal then
         local act = type(value) == "table" and value.act
         if act == "online" then
@@ -196,7 +196,7 @@ function master.install(cluster)
         return
       end
       worker:emit("message", value, handle)
-      cluster:emit("message", worker, value, handle)
+      if cluster._events.message then cluster:emit("message", worker, value, handle) end
     end
     function owner.on_error(err)
       worker:emit("error", err)

@@ -30,13 +30,14 @@ end
 
 -- send(message[, handle][, cb]) -> boolean
 function Worker:send(message, handle, cb)
+  local ch = self._channel
+  if handle == nil and cb == nil and ch then return ch:send(message) end -- the common case
   if cb == nil and type(handle) == "function" then handle, cb = nil, handle end
   if cb ~= nil and type(cb) ~= "function" then
     error("bad argument 'callback' (function expected, got " .. type(cb) .. ")", 2)
   end
   local kind, fd
   if handle ~= nil then kind, fd = Channel.handle_fd(handle) end
-  local ch = self._channel
   if not ch then
     if cb then defer.call(function() cb("channel closed") end) end
     return false
