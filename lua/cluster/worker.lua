@@ -6,7 +6,10 @@ local Emitter = require("cluster.emitter")
 local Channel = require("cluster.channel")
 local defer = require("cluster.defer")
 
-local Worker = setmetatable({}, { __index = Emitter })
+-- Classes are flat tables (Emitter's methods copied in, not inherited
+-- through __index chains): every message looks up `emit` or `send`.
+local Worker = {}
+for k, v in pairs(Emitter) do Worker[k] = v end
 Worker.__index = Worker
 
 -- A new worker of the class `class` (Worker or one derived from it).
@@ -21,9 +24,11 @@ function Worker.new(class, id, pid)
   return setmetatable(w, class)
 end
 
--- A class derived from Worker.
+-- A class derived from Worker: a copy of its methods, to which a role
+-- adds its own.
 function Worker.derive()
-  local class = setmetatable({}, { __index = Worker })
+  local class = {}
+  for k, v in pairs(Worker) do class[k] = v end
   class.__index = class
   return class
 end
