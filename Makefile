@@ -12,11 +12,12 @@ HDRS        = $(wildcard csrc/*.h)
 BUSTED      = busted --lua=$(LUA)
 FUZZ_SECONDS ?= 30
 
-# Debian packages the build and the whole suite need.
-DEB_PKGS = lua5.4 liblua5.4-dev lua-luv lua-busted luarocks gcc libc6-dev make \
-           clang libclang-rt-14-dev nodejs
+# Debian packages: what building and installing the rock needs, and what
+# the whole suite adds (busted, clang's libFuzzer, valgrind).
+RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
+TEST_PKGS = $(RUN_PKGS) lua-busted clang libclang-rt-14-dev valgrind
 
-.PHONY: all build test test-sigchld asan valgrind fuzz check deps demo install bench clean
+.PHONY: all build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench clean
 
 all: build
 build: build/cluster/core.so
@@ -56,22 +57,31 @@ fuzz: build/fuzz_decode build/fuzz_frame
 	build/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/corpus/decode fuzz/seeds/decode
 	build/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/corpus/frame fuzz/seeds/frame
 
-# Installs the Debian packages above that are missing (needs root and apt).
-deps:
-	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# Install the Debian packages of a list that are missing (root and apt).
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
+endef
 
-check: deps
+deps-run:
+	$(call apt_install,$(RUN_PKGS))
+
+deps-test:
+	$(call apt_install,$(TEST_PKGS))
+
+check: deps-test
 	./.ci/suite
 
 # luv comes from Debian's lua-luv, which luarocks does not see as a rock:
 # rocks-provided.lua declares it, so nothing is downloaded.
+# luarocks' builtin build leaves its objects in the tree: remove them.
 install:
 	LUAROCKS_CONFIG=$(CURDIR)/rocks-provided.lua luarocks --lua-version 5.4 make luv-cluster-scm-1.rockspec
+	rm -f csrc/*.o cluster/core.so && (rmdir cluster 2>/dev/null || true)
 
-demo: deps install
+demo: deps-run install
 	$(LUA) examples/count_requests.lua
 
 bench: build
