@@ -29,4 +29,24 @@ describe("the channel", function()
     assert.is_true(ok)
     assert.same({ 1, 2, 3 }, got)
   end)
+
+  it("reports a send callback that raises, and keeps going", function()
+    cluster.setup({ exec = helper.fixture("echo"), args = {} })
+    local w = cluster.fork()
+    local got = {}
+    w:on("message", function(m) got[#got + 1] = m end)
+    local stderr, written = io.stderr, {}
+    io.stderr = { write = function(_, ...) for _, s in ipairs({ ... }) do written[#written + 1] = s end end }
+    local ok = pcall(function()
+      w:send("a", function() error("boom in callback") end)
+      w:send("b")
+      assert(helper.wait(function() return #got == 2 end, 5000))
+    end)
+    io.stderr = stderr
+    w:kill("SIGKILL")
+    assert.is_true(helper.wait(function() return w:isDead() end))
+    assert.is_true(ok)
+    assert.same({ "a", "b" }, got)
+    assert.matches("error in a send callback: .*boom in callback", table.concat(written))
+  end)
 end)

@@ -6,6 +6,7 @@
 local uv = require("luv")
 local core = require("cluster.core")
 local defer = require("cluster.defer")
+local call_protected = require("cluster.emitter").call_protected
 
 local FD_KIND = core.FD_KIND
 -- Called directly on the hot paths, without a method lookup per message.
@@ -113,7 +114,7 @@ end
 -- Queue one value; raises when it cannot be sent. false when closed.
 function Channel:send(value, internal, kind, fd, cb)
   if not self.open then
-    if cb then defer.call(function() cb("channel closed") end) end
+    if cb then defer.call(function() call_protected("a send callback", cb, "channel closed") end) end
     return false
   end
   local end_offset = core_send(self.core, value, internal, kind, fd)
@@ -143,8 +144,7 @@ function Channel:_flush()
   if self.closed then return end
   local written, pending, code = self.core:flush()
   if not written then
-    -- The peer is gone (EPIPE/ECONNRESET): the read side will see EOF.
-    self:close(pending, code)
+    if PEER_GONE[code] then self:close() else self:_fail(pending, code) end
     return
   end
   -- Callbacks of the messages now written, in order; each may send more.
@@ -154,7 +154,7 @@ function Channel:_flush()
     local cb = q[i][2]
     q[i] = nil
     self.cb_head = i + 1
-    cb(nil)
+    call_protected("a send callback", cb, nil)
     q = self.callbacks
   end
   if q and self.cb_head > self.cb_tail then self.callbacks = nil end
@@ -249,7 +249,7 @@ function Channel:close()
   local q, head, tail = self.callbacks, self.cb_head, self.cb_tail
   self.callbacks = nil
   defer.call(function()
-    for i = head, q and tail or 0 do q[i][2]("channel closed") end
+    for i = head, q and tail or 0 do call_protected("a send callback", q[i][2], "channel closed") end
     self.owner.on_close()
   end)
 end

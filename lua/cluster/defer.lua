@@ -4,6 +4,7 @@
 -- on first use (require must leave no handle behind) and never closed.
 
 local uv = require("luv")
+local call_protected = require("cluster.emitter").call_protected
 
 local defer = {}
 
@@ -17,7 +18,7 @@ function defer.run()
     local job = queue[head]
     queue[head] = nil
     head = head + 1
-    job()
+    call_protected("a deferred callback", job)
   end
   head, tail = 1, 0
   defer.waiting = false

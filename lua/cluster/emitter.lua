@@ -12,7 +12,7 @@ Emitter.__index = Emitter
 local traceback = debug.traceback
 
 local function report(name, err)
-  io.stderr:write(("cluster: error in a '%s' listener: %s\n"):format(name, tostring(err)))
+  io.stderr:write(("cluster: error in %s: %s\n"):format(name, tostring(err)))
 end
 
 local function report_unhandled(err)
@@ -83,6 +83,14 @@ function Emitter:off(name, fn)
   return self
 end
 
+-- Call a user callback (a send callback, say) the way listeners are
+-- called: an error is reported, never raised into the loop (luv would end
+-- the process).
+function Emitter.call_protected(what, fn, ...)
+  local ok, err = xpcall(fn, traceback, ...)
+  if not ok then report(what, err) end
+end
+
 function Emitter:listenerCount(name)
   local list = self._events[name]
   return list and #list or 0
@@ -98,7 +106,7 @@ function Emitter:emit(name, ...)
   end
   for i = 1, #list do
     local ok, err = xpcall(list[i], traceback, ...)
-    if not ok then report(name, err) end
+    if not ok then report("a '" .. name .. "' listener", err) end
   end
   return true
 end

@@ -44,7 +44,7 @@ function Worker:send(message, handle, cb)
   local kind, fd
   if handle ~= nil then kind, fd = Channel.handle_fd(handle) end
   if not ch then
-    if cb then defer.call(function() cb("channel closed") end) end
+    if cb then defer.call(function() Emitter.call_protected("a send callback", cb, "channel closed") end) end
     return false
   end
   return ch:send(message, false, kind, fd, cb)
