@@ -38,6 +38,7 @@ end
 -- Close a handle and let the loop finish the close: a close still pending
 -- when the Lua state is torn down crashes luv 1.44 at exit.
 function helper.close(handle)
+  if handle:is_closing() then return end -- closed inside the loop: done by now
   local closed = false
   handle:close(function() closed = true end)
   helper.wait(function() return closed end, 1000)

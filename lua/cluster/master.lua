@@ -7,6 +7,9 @@ local Channel = require("cluster.channel")
 local Worker = require("cluster.worker")
 local defer = require("cluster.defer")
 local settings = require("cluster.settings")
+local report_listener_error = require("cluster.emitter").report_listener_error
+
+local traceback = debug.traceback
 
 local master = {}
 
@@ -195,8 +198,21 @@ function master.install(cluster)
         end
         return
       end
-      worker:emit("message", value, handle)
-      if cluster._events.message then cluster:emit("message", worker, value, handle) end
+      -- worker:emit and cluster:emit of 'message', unrolled (hot path).
+      local list = worker._events.message
+      if list then
+        for i = 1, #list do
+          local ok, err = xpcall(list[i], traceback, value, handle)
+          if not ok then report_listener_error("message", err) end
+        end
+      end
+      list = cluster._events.message
+      if list then
+        for i = 1, #list do
+          local ok, err = xpcall(list[i], traceback, worker, value, handle)
+          if not ok then report_listener_error("message", err) end
+        end
+      end
     end
     function owner.on_error(err)
       worker:emit("error", err)

@@ -34,9 +34,15 @@ function Worker.derive()
 end
 
 -- send(message[, handle][, cb]) -> boolean
+local dirty, mark_dirty, core_send = Channel.dirty, Channel.mark_dirty, Channel.core_send
+
 function Worker:send(message, handle, cb)
   local ch = self._channel
-  if handle == nil and cb == nil and ch then return ch:send(message) end -- the common case
+  if handle == nil and cb == nil and ch and ch.open then -- the common case, inlined
+    core_send(ch.core, message)
+    if not dirty[ch] then mark_dirty(ch) end
+    return true
+  end
   if cb == nil and type(handle) == "function" then handle, cb = nil, handle end
   if cb ~= nil and type(cb) ~= "function" then
     error("bad argument 'callback' (function expected, got " .. type(cb) .. ")", 2)
