@@ -29,11 +29,14 @@ build = {
       ["cluster.emitter"] = "lua/cluster/emitter.lua",
       ["cluster.master"] = "lua/cluster/master.lua",
       ["cluster.settings"] = "lua/cluster/settings.lua",
+      ["cluster.share_master"] = "lua/cluster/share_master.lua",
+      ["cluster.share_worker"] = "lua/cluster/share_worker.lua",
       ["cluster.worker"] = "lua/cluster/worker.lua",
       ["cluster.core"] = {
          sources = {
             "csrc/buffer.c", "csrc/channel.c", "csrc/codec.c", "csrc/core.c",
-            "csrc/frame.c", "csrc/reap.c", "csrc/signals.c", "csrc/spawn.c",
+            "csrc/frame.c", "csrc/listen.c", "csrc/reap.c", "csrc/signals.c",
+            "csrc/spawn.c",
          },
       },
    },

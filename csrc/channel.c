@@ -8,7 +8,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -372,6 +374,36 @@ static int l_next(lua_State *L) {
   return 5;
 }
 
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ch:wait(events, timeout_ms) -> true (ready) | false (timed out) | nil, err
+ * Blocks outside the event loop: a worker's bind asks the master and must
+ * answer before it returns, as a kernel bind does. events: "r" or "w". */
+static int l_wait(lua_State *L) {
+  channel *ch = check_channel(L);
+  const char *events = luaL_checkstring(L, 2);
+  lua_Integer timeout = luaL_checkinteger(L, 3);
+  struct pollfd p = {.fd = ch->fd, .events = events[0] == 'w' ? POLLOUT : POLLIN};
+  int64_t deadline = now_ms() + timeout;
+  for (;;) {
+    int64_t left = deadline - now_ms();
+    int n = poll(&p, 1, left > 0 ? (int)(left > INT32_MAX ? INT32_MAX : left) : 0);
+    if (n > 0) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    if (n == 0) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    if (errno != EINTR) return core_push_errno(L, "channel wait", errno);
+  }
+}
+
 /* ch:pending() -> unsent bytes */
 static int l_pending(lua_State *L) {
   channel *ch = to_channel(L);
@@ -383,7 +415,7 @@ void channel_open(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"send", l_send},   {"flush", l_flush},     {"read", l_read},
       {"next", l_next},   {"fileno", l_fileno},   {"pending", l_pending},
-      {"close", l_close}, {"is_closed", l_is_closed}, {NULL, NULL}};
+      {"close", l_close}, {"is_closed", l_is_closed}, {"wait", l_wait}, {NULL, NULL}};
   luaL_newmetatable(L, CHANNEL_MT);
   luaL_newlib(L, methods);
   /* Also core.channel_methods: the Lua hot paths call these directly. */

@@ -12,5 +12,6 @@ int luaopen_cluster_core(lua_State *L) {
   spawn_open(L);
   reap_open(L);
   channel_open(L);
+  listen_open(L);
   return 1;
 }

@@ -12,6 +12,7 @@ void spawn_open(lua_State *L);
 void reap_open(lua_State *L);
 void channel_open(lua_State *L);
 void signals_open(lua_State *L);
+void listen_open(lua_State *L);
 
 /* Push nil, "<what>: <strerror(err)>", "<ENAME>" and return 3: the luv and
  * luaposix shape of a failed system call. */

@@ -1,10 +1,9 @@
--- The message example of Node's original cluster document, in Lua: one
--- worker per core serves HTTP hello-world and tells the master about each
--- request; the master prints the count every second.
+-- The HTTP example of Node's original cluster document, in Lua: one worker
+-- per core serves HTTP hello-world on the shared port 8000 and tells the
+-- master about each request; the master prints the count every second.
 --
---   lua5.4 examples/count_requests.lua [seconds]
+--   lua5.4 examples/count_requests.lua [seconds]    (PORT=8000 by default)
 --
--- Until shared ports land, worker N listens on 127.0.0.1:(8000 + N).
 -- Ctrl-C (or the optional run time) disconnects the workers and ends it.
 local uv = require("luv")
 local cluster = require("cluster")
@@ -17,13 +16,12 @@ if cluster.isMaster then
     local worker = cluster.fork()
     worker:on("message", function(msg)
       if type(msg) ~= "table" then return end
-      if msg.cmd == "notifyRequest" then
-        numReqs = numReqs + 1
-      elseif msg.cmd == "serving" then
-        print(("worker %d (pid %d) serving http://127.0.0.1:%d/"):format(worker.id, worker.pid, msg.port))
-      end
+      if msg.cmd == "notifyRequest" then numReqs = numReqs + 1 end
     end)
   end
+  cluster:on("listening", function(worker, address)
+    print(("worker %d (pid %d) serving http://%s:%d/"):format(worker.id, worker.pid, address.address, address.port))
+  end)
   cluster:on("exit", function(worker, code, signal)
     print(("worker %d (pid %d) ended: %s"):format(worker.id, worker.pid, signal or ("code " .. code)))
   end)
@@ -41,7 +39,9 @@ if cluster.isMaster then
   if seconds then deadline:start(seconds * 1000, 0, stop) end
   uv.run()
 else
-  local port = 8000 + cluster.worker.id
+  -- Plain luv server code: with cluster loaded, the bind goes to the
+  -- master and every worker serves the same port.
+  local port = tonumber(os.getenv("PORT")) or 8000
   local server = uv.new_tcp()
   assert(server:bind("127.0.0.1", port))
   assert(server:listen(128, function(err)
@@ -57,14 +57,10 @@ else
       end
     end)
   end))
-  -- Until port sharing routes binds to the master, say where we listen.
-  cluster.worker:send({ cmd = "serving", port = port })
   -- Ctrl-C reaches the whole process group: leave it to the master.
   local sigint = uv.new_signal()
   sigint:start("sigint", function() end)
-  cluster.worker:on("disconnect", function()
-    server:close()
-    sigint:close()
-  end)
+  -- disconnect closes the shared server itself; the rest is ours.
+  cluster.worker:on("disconnect", function() sigint:close() end)
   uv.run()
 end

@@ -177,12 +177,98 @@ function Channel:_flush()
   end
 end
 
+-- Frames read while a request() waited for its reply are dispatched
+-- first, in the order they came.
+function Channel:_dispatch_held()
+  local held = self.held
+  self.held = nil
+  local on_message = self.owner.on_message
+  for i = 1, #held do
+    local f = held[i]
+    local handle = f[4] and wrap_fd(f[3], f[4]) or nil
+    on_message(f[1], f[2], handle)
+    if not self.open then
+      for j = i + 1, #held do if held[j][4] then core.close(held[j][4]) end end
+      return
+    end
+  end
+end
+
+-- Send an internal request and block (outside the loop) until the peer's
+-- reply with the same `seq` arrives: a worker's bind must answer before it
+-- returns. Other frames that arrive meanwhile are held for the loop.
+-- Returns reply, fd | nil, err.
+function Channel:request(message, timeout_ms)
+  if not self.open then return nil, "channel closed" end
+  local ch = self.core
+  core_send(ch, message, true)
+  while true do
+    local written, pending, code = ch:flush()
+    if not written then return nil, pending, code end
+    if pending == 0 then break end
+    if not ch:wait("w", timeout_ms) then return nil, "timed out writing to the master" end
+  end
+  while true do
+    local has, value, internal, kind, fd = core_next(ch)
+    if has == nil then
+      self:_fail(value, "EPROTO")
+      return nil, value
+    elseif has then
+      if internal and type(value) == "table" and value.act == "reply" and value.seq == message.seq then
+        -- What it read past the reply waits for the loop (no poll event
+        -- will come for bytes already read).
+        self.held = self.held or {}
+        defer.call(function() if self.open and self.held then self:_read(1) end end)
+        return value, fd
+      end
+      local held = self.held or {}
+      self.held = held
+      held[#held + 1] = { value, internal, kind, fd }
+    else
+      if not ch:wait("r", timeout_ms) then return nil, "timed out waiting for the master" end
+      local ok, err, code = ch:read()
+      if ok == nil then
+        self:close()
+        return nil, err, code
+      end
+    end
+  end
+end
+
 -- Reads and dispatches what is waiting, at most max_reads reads: a bound
 -- per wake-up keeps one busy peer from starving the loop. to_eof: read
 -- until the socket says EAGAIN or EOF.
-function Channel:_read(max_reads, to_eof)
+-- Dispatch the whole frames in the receive buffer; false when the
+-- channel closed on the way.
+function Channel:_parse()
   local ch, owner = self.core, self.owner
   local on_message = owner.on_message
+  while true do
+    local has, value, internal, kind, fd = core_next(ch)
+    if has == false then return true end
+    if has == nil then
+      self:_fail(value, "EPROTO")
+      return false
+    end
+    local handle
+    if kind then
+      local werr
+      handle, werr = wrap_fd(kind, fd)
+      if not handle then owner.on_error("cannot open the received handle: " .. tostring(werr)) end
+    end
+    on_message(value, internal, handle)
+    if not self.open then return false end
+  end
+end
+
+function Channel:_read(max_reads, to_eof)
+  if self.held then
+    -- A request() read ahead: first what it held, then what it left
+    -- unparsed in the buffer.
+    self:_dispatch_held()
+    if not self.open or not self:_parse() then return end
+  end
+  local ch = self.core
   local more = true
   for _ = 1, max_reads do
     -- A short read usually means the socket is empty (it can also stop at
@@ -195,19 +281,7 @@ function Channel:_read(max_reads, to_eof)
       return
     end
     more = err -- read()'s second result: the buffer filled up
-    while true do
-      local has, value, internal, kind, fd = core_next(ch)
-      if has == false then break end
-      if has == nil then return self:_fail(value, "EPROTO") end
-      local handle
-      if kind then
-        local werr
-        handle, werr = wrap_fd(kind, fd)
-        if not handle then owner.on_error("cannot open the received handle: " .. tostring(werr)) end
-      end
-      on_message(value, internal, handle)
-      if not self.open then return end
-    end
+    if not self:_parse() then return end
   end
 end
 

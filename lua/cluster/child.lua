@@ -4,6 +4,7 @@
 local uv = require("luv")
 local Channel = require("cluster.channel")
 local Worker = require("cluster.worker")
+local share = require("cluster.share_worker")
 local report_listener_error = require("cluster.emitter").report_listener_error
 
 local traceback = debug.traceback
@@ -67,8 +68,8 @@ function child.install(cluster, id, fd, max_size)
       end
     elseif type(value) == "table" and value.act == "disconnect" then
       worker:disconnect()
-    elseif cluster._on_internal then
-      cluster._on_internal(worker, value, handle)
+    elseif type(value) == "table" and value.act == "newconn" then
+      share.on_newconn(value, handle)
     end
   end
   function owner.on_error(err)
@@ -82,6 +83,7 @@ function child.install(cluster, id, fd, max_size)
   end
 
   worker._channel = Channel.open(fd, max_size, owner)
+  share.install(cluster, worker)
   -- Written at once, without the loop: the master learns Lua is running
   -- even if the script never runs the loop.
   worker._channel:send({ act = "online" }, true)

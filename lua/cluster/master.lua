@@ -7,6 +7,7 @@ local Channel = require("cluster.channel")
 local Worker = require("cluster.worker")
 local defer = require("cluster.defer")
 local settings = require("cluster.settings")
+local share = require("cluster.share_master")
 local report_listener_error = require("cluster.emitter").report_listener_error
 
 local traceback = debug.traceback
@@ -20,6 +21,7 @@ local MasterWorker = Worker.derive()
 function MasterWorker:disconnect()
   if self:isConnected() then
     self.exitedAfterDisconnect = true
+    share.drain(self)
     self:_send_internal({ act = "disconnect" })
   end
   return self
@@ -31,6 +33,7 @@ function MasterWorker:kill(signal)
   local ok, signum = pcall(core.signum, signal or "SIGTERM")
   if not ok then error("bad argument 'signal' (" .. tostring(signal) .. " is not a signal)", 2) end
   self.exitedAfterDisconnect = true
+  share.drain(self)
   if not self._exited then core.kill(self.pid, signum) end
   if self._channel then self._channel:close() end
   return self
@@ -82,6 +85,9 @@ function master.install(cluster)
   cluster.settings = {}
   cluster.schedulingPolicy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
 
+  share.install(cluster)
+  cluster._on_internal = share.on_internal
+
   local script = script_path()
   local configured = false
   local next_id = 1
@@ -108,6 +114,7 @@ function master.install(cluster)
 
   local function on_disconnect(worker)
     worker._disconnect_emitted = true
+    share.forget(worker)
     if worker.state ~= "dead" then worker.state = "disconnected" end
     settle(worker)
     worker:emit("disconnect")

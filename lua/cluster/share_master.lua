@@ -1,0 +1,231 @@
+-- Port sharing, master side: one server per key (type, address, port, and
+-- for port 0 the worker's n-th such bind), held by a count of worker
+-- binds and closed with the last. Policies:
+--   shared     the master binds once and gives each worker the listening fd
+--   rr         the master accepts (core.accept, in C) and hands each
+--              connection's fd to the next ready worker
+--   reuseport  each worker gets its own SO_REUSEPORT listening socket; the
+--              master holds the port with a bound, non-listening one
+-- UDP is always shared.
+
+local uv = require("luv")
+local core = require("cluster.core")
+
+local share = {}
+
+local RAW = core.FD_KIND.RAW
+
+-- "bind 127.0.0.1:80: Permission denied" -> luv's "EACCES: permission denied"
+local function errmsg(err)
+  local text = tostring(err):match(".*: (.*)$") or tostring(err)
+  return text:sub(1, 1):lower() .. text:sub(2)
+end
+
+local warned_migrate = false
+local function warn_migrate_once()
+  if warned_migrate then return end
+  warned_migrate = true
+  local f = io.open("/proc/sys/net/ipv4/tcp_migrate_req")
+  local value = f and f:read("l")
+  if f then f:close() end
+  if value == "0" then
+    io.stderr:write("cluster: reuseport with net.ipv4.tcp_migrate_req = 0: connections queued on a ",
+      "worker's socket are reset when that worker closes it (sysctl -w net.ipv4.tcp_migrate_req=1)\n")
+  end
+end
+
+function share.install(cluster)
+  local servers = {} -- key -> server
+  local held = setmetatable({}, { __mode = "k" }) -- worker -> { key -> count }
+
+  local function close_server(server)
+    servers[server.key] = nil
+    if server.poll then
+      server.poll:stop()
+      server.poll:close()
+    end
+    for _, fd in ipairs(server.queue or {}) do core.close(fd) end
+    core.close(server.fd)
+    if server.type == "pipe" then os.remove(server.address.address) end
+  end
+
+  -- The workers an rr server may hand a connection to, in turn.
+  local function ready(server, worker)
+    return server.listening[worker] and worker:isConnected() and not worker._draining
+  end
+
+  local function dispatch(server)
+    local queue, order = server.queue, server.order
+    while #queue > 0 do
+      local n, sent = #order, false
+      for _ = 1, n do
+        server.turn = server.turn % n + 1
+        local worker = order[server.turn]
+        if ready(server, worker) then
+          local fd = queue[1]
+          -- A send that fails (channel closed) just tries the next worker.
+          if worker._channel:send({ act = "newconn", key = server.key }, true, RAW, fd) then
+            table.remove(queue, 1)
+            core.close(fd) -- the channel holds its own duplicate
+            sent = true
+            break
+          end
+        end
+      end
+      if not sent then
+        -- Nobody can take it now: stop accepting until a worker can.
+        server.poll:stop()
+        server.paused = true
+        return
+      end
+    end
+    if server.paused then
+      server.paused = false
+      server.poll:start("r", server.on_readable)
+    end
+  end
+
+  local function start_rr(server)
+    server.queue, server.order, server.turn, server.listening = {}, {}, 0, {}
+    server.poll = uv.new_poll(server.fd)
+    server.on_readable = function()
+      local fds = core.accept(server.fd, 64)
+      if not fds then return end
+      local queue = server.queue
+      for i = 1, #fds do queue[#queue + 1] = fds[i] end
+      dispatch(server)
+    end
+    server.poll:start("r", server.on_readable)
+  end
+
+  local function open_server(key, request, policy)
+    local kind = request.type
+    local opts = {
+      type = kind == "pipe" and "unix" or kind, host = request.address, port = request.port,
+      path = kind == "pipe" and request.address or nil, backlog = request.backlog,
+      ipv6only = request.ipv6only,
+    }
+    if policy == "reuseport" then
+      opts.reuseport, opts.listen = true, false
+      warn_migrate_once()
+    end
+    local fd, info, name = core.listen_socket(opts)
+    if not fd then return nil, info, name end
+    local server = { key = key, type = kind, policy = policy, fd = fd, address = info, holders = 0 }
+    if policy == "rr" then start_rr(server) end
+    servers[key] = server
+    return server
+  end
+
+  -- A worker's bind: find or open the server, take a hold on it, and answer
+  -- with the address and, except under rr, a socket for the worker.
+  local function serve(worker, request)
+    local kind = request.type
+    local policy = cluster.schedulingPolicy
+    if kind == "udp" or (request.fd and policy == "rr") then policy = "shared" end
+    if kind == "pipe" and policy == "reuseport" then policy = "shared" end
+    local key = table.concat({ kind, tostring(request.address), tostring(request.port),
+      tostring(request.index or ""), request.fd and "fd" or "" }, ":")
+    local server = servers[key]
+    if not server then
+      local err, name
+      server, err, name = open_server(key, request, policy)
+      if not server then
+        return { act = "reply", seq = request.seq, errname = name or "EINVAL", errmsg = errmsg(err) }
+      end
+    end
+    local fd
+    if server.policy == "reuseport" then
+      local a = server.address
+      local err, name
+      fd, err, name = core.listen_socket({ type = "tcp", host = a.address, port = a.port,
+        reuseport = true, backlog = request.backlog, ipv6only = request.ipv6only })
+      if not fd then return { act = "reply", seq = request.seq, errname = name, errmsg = errmsg(err) } end
+    elseif server.policy == "shared" then
+      fd = server.fd
+    end
+    server.holders = server.holders + 1
+    local mine = held[worker] or {}
+    held[worker] = mine
+    mine[key] = (mine[key] or 0) + 1
+    if server.order then server.order[#server.order + 1] = worker end
+    return { act = "reply", seq = request.seq, key = key, policy = server.policy, address = server.address },
+      fd, server.policy == "reuseport"
+  end
+
+  -- One hold on `key` by `worker` is gone.
+  local function release(worker, key)
+    local mine = held[worker]
+    local server = servers[key]
+    if not mine or not mine[key] or not server then return end
+    mine[key] = mine[key] - 1
+    if mine[key] == 0 then
+      mine[key] = nil
+      if server.order then
+        for i = #server.order, 1, -1 do
+          if server.order[i] == worker then table.remove(server.order, i) end
+        end
+        server.listening[worker] = nil
+      end
+    end
+    server.holders = server.holders - 1
+    if server.holders == 0 then close_server(server) end
+  end
+
+  -- Internal messages of the sharing protocol from a worker.
+  function share.on_internal(worker, message, handle)
+    local act = message.act
+    if act == "serve" then
+      local reply, fd, owned = serve(worker, message)
+      worker._channel:send(reply, true, fd and RAW or nil, fd)
+      if owned then core.close(fd) end
+    elseif act == "listening" then
+      local server = servers[message.key]
+      if server and server.listening then
+        server.listening[worker] = true
+        if #server.queue > 0 or server.paused then dispatch(server) end
+      end
+      worker.state = "listening"
+      worker:emit("listening", message.address)
+      cluster:emit("listening", worker, message.address)
+    elseif act == "close" then
+      release(worker, message.key)
+    elseif act == "handback" then
+      local server = servers[message.key]
+      if server and server.queue and math.type(handle) == "integer" then
+        table.insert(server.queue, 1, handle)
+        dispatch(server)
+      elseif math.type(handle) == "integer" then
+        core.close(handle)
+      end
+    end
+  end
+
+  -- The worker will not take new connections (it is disconnecting).
+  function share.drain(worker)
+    worker._draining = true
+  end
+
+  -- The worker is gone: every hold it had goes.
+  function share.forget(worker)
+    local mine = held[worker]
+    if not mine then return end
+    for key, count in pairs(mine) do
+      for _ = 1, count do release(worker, key) end
+    end
+    held[worker] = nil
+  end
+
+  -- cluster.listenfd in the master: a listening socket of its own.
+  function cluster.listenfd(host, port, backlog)
+    if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
+    if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    local fd, info, name = core.listen_socket({ type = "tcp", host = host, port = port, backlog = backlog,
+      reuseport = cluster.schedulingPolicy == "reuseport" })
+    if not fd then return nil, name .. ": " .. errmsg(info), name end
+    cluster:emit("listening", nil, info)
+    return fd
+  end
+end
+
+return share

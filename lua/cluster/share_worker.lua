@@ -1,0 +1,229 @@
+-- Port sharing, worker side: luv's bind/listen/accept/close (methods and
+-- uv.* functions) for tcp, pipe and udp handles are wrapped so a bind asks
+-- the master instead of the kernel. Unmodified luv server code then
+-- serves a port the master owns.
+--
+-- A bind is a blocking round trip to the master (Channel:request): it
+-- answers with the real address and, under "shared"/"reuseport" and for
+-- UDP, a socket fd that is opened into the handle. Under "rr" the handle
+-- stays socketless; the master accepts and sends each connection's fd,
+-- which the wrapped accept() opens into the client handle.
+
+local uv = require("luv")
+local core = require("cluster.core")
+local defer = require("cluster.defer")
+local call_protected = require("cluster.emitter").call_protected
+
+local share = {}
+
+local REQUEST_TIMEOUT_MS = 10000
+
+-- Error results in luv's own shape: nil, "ENAME: message", "ENAME".
+local function luv_error(name, message)
+  return nil, name .. ": " .. message, name
+end
+
+local EAGAIN = { "EAGAIN", "resource temporarily unavailable" }
+
+function share.install(cluster, worker)
+  local registry = debug.getregistry()
+  local methods = {
+    tcp = registry.uv_tcp.__index,
+    pipe = registry.uv_pipe.__index,
+    udp = registry.uv_udp.__index,
+  }
+  -- luv's own functions, called by the wrappers.
+  local orig = {
+    tcp_bind = methods.tcp.bind, pipe_bind = methods.pipe.bind, udp_bind = methods.udp.bind,
+    listen = methods.tcp.listen, accept = methods.tcp.accept, close = methods.tcp.close,
+    tcp_open = methods.tcp.open, pipe_open = methods.pipe.open, udp_open = methods.udp.open,
+    tcp_getsockname = methods.tcp.getsockname, pipe_getsockname = methods.pipe.getsockname,
+  }
+
+  -- handle -> { key=, type=, policy=, address=, rr=bool, listening=bool,
+  --             pending = { fds }, cb = listen callback, error = {name, msg} }
+  local servers = {}
+  local port0_count = {} -- "type:address" -> port-0 binds so far
+  local seq = 0
+
+  local function ask(request)
+    seq = seq + 1
+    request.act, request.seq = "serve", seq
+    local reply, fd = worker._channel:request(request, REQUEST_TIMEOUT_MS)
+    if not reply then return nil, nil, fd end
+    return reply, fd
+  end
+
+  local function announce(server)
+    if server.announced then return end
+    server.announced = true
+    worker:_send_internal({ act = "listening", key = server.key, address = server.address })
+    defer.call(function() worker:emit("listening", server.address) end)
+  end
+
+  -- bind for all three kinds: kind "tcp"/"udp" with (host, port), "pipe"
+  -- with (path).
+  local function shared_bind(kind, handle, host, port, flags)
+    local index
+    if kind ~= "pipe" and port == 0 then
+      local k = kind .. ":" .. tostring(host)
+      index = (port0_count[k] or 0) + 1
+      port0_count[k] = index
+    end
+    local reply, fd, err = ask({
+      type = kind, address = host, port = port, index = index,
+      ipv6only = type(flags) == "table" and flags.ipv6only or nil,
+    })
+    if not reply then return luv_error("EIO", "no answer from the master: " .. tostring(err)) end
+    if reply.errname then
+      -- libuv reports a TCP address in use at listen(), not bind().
+      if kind == "tcp" and reply.errname == "EADDRINUSE" then
+        servers[handle] = { type = kind, error = { reply.errname, reply.errmsg } }
+        return 0
+      end
+      return luv_error(reply.errname, reply.errmsg)
+    end
+    local server = { key = reply.key, type = kind, policy = reply.policy, address = reply.address }
+    if fd then
+      local open = kind == "tcp" and orig.tcp_open or kind == "pipe" and orig.pipe_open or orig.udp_open
+      local ok, oerr, oname = open(handle, fd)
+      if not ok then
+        core.close(fd)
+        worker:_send_internal({ act = "close", key = reply.key })
+        return nil, oerr, oname
+      end
+    else
+      server.rr, server.pending = true, {}
+    end
+    servers[handle] = server
+    if kind == "udp" then announce(server) end
+    return 0
+  end
+
+  local function tcp_bind(handle, host, port, flags)
+    return shared_bind("tcp", handle, host, port, flags)
+  end
+  local function pipe_bind(handle, path)
+    return shared_bind("pipe", handle, path)
+  end
+  local function udp_bind(handle, host, port, flags)
+    return shared_bind("udp", handle, host, port, flags)
+  end
+
+  local function listen(handle, backlog, cb)
+    local server = servers[handle]
+    if not server then return orig.listen(handle, backlog, cb) end
+    if server.error then
+      servers[handle] = nil
+      return luv_error(server.error[1], server.error[2])
+    end
+    if server.rr then
+      server.cb, server.listening = cb, true
+      announce(server)
+      return 0
+    end
+    local ok, err, name = orig.listen(handle, backlog, cb)
+    if ok then announce(server) end
+    return ok, err, name
+  end
+
+  local function accept(handle, client)
+    local server = servers[handle]
+    if not (server and server.rr) then return orig.accept(handle, client) end
+    local fd = table.remove(server.pending, 1)
+    if not fd then return luv_error(EAGAIN[1], EAGAIN[2]) end
+    local open = server.type == "pipe" and orig.pipe_open or orig.tcp_open
+    local ok, err, name = open(client, fd)
+    if not ok then core.close(fd) end
+    return ok, err, name
+  end
+
+  -- Tell the master the server is gone, give back connections it was sent
+  -- but never accepted, then close for real.
+  local function release(handle)
+    local server = servers[handle]
+    if not server then return end
+    servers[handle] = nil
+    if not server.key then return end
+    worker:_send_internal({ act = "close", key = server.key })
+    for _, fd in ipairs(server.pending or {}) do
+      worker._channel:send({ act = "handback", key = server.key }, true, core.FD_KIND.RAW, fd)
+      core.close(fd)
+    end
+  end
+
+  local function close(handle, cb)
+    release(handle)
+    return orig.close(handle, cb)
+  end
+
+  local function getsockname(handle)
+    local server = servers[handle]
+    if server and server.rr then
+      local a = server.address
+      if server.type == "pipe" then return a.address end
+      return { ip = a.address, port = a.port, family = a.family }
+    end
+    return (server and server.type == "pipe" and orig.pipe_getsockname or orig.tcp_getsockname)(handle)
+  end
+
+  -- A connection from the master for an rr server.
+  function share.on_newconn(message, fd)
+    for handle, server in pairs(servers) do
+      if server.key == message.key and server.rr and server.listening then
+        local pending = server.pending
+        pending[#pending + 1] = fd
+        call_protected("a listen callback", server.cb, nil)
+        return
+      end
+    end
+    -- Closed meanwhile: back to the master, which gives it to another worker.
+    worker._channel:send({ act = "handback", key = message.key }, true, core.FD_KIND.RAW, fd)
+    core.close(fd)
+  end
+
+  -- worker:disconnect() closes every shared server, then calls done.
+  function worker._close_servers(done)
+    local left = 1
+    local function one() left = left - 1 if left == 0 then done() end end
+    for handle in pairs(servers) do
+      if not handle:is_closing() then
+        left = left + 1
+        close(handle, one)
+      else
+        release(handle)
+      end
+    end
+    one()
+  end
+
+  -- cluster.listenfd(host, port[, backlog]) -> fd
+  function cluster.listenfd(host, port, backlog)
+    if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
+    if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    if backlog ~= nil and math.type(backlog) ~= "integer" then error("bad argument 'backlog' (integer expected)", 2) end
+    local index
+    if port == 0 then
+      local k = "tcp:" .. host
+      index = (port0_count[k] or 0) + 1
+      port0_count[k] = index
+    end
+    local reply, fd, err = ask({ type = "tcp", address = host, port = port, index = index, backlog = backlog, fd = true })
+    if not reply then return luv_error("EIO", "no answer from the master: " .. tostring(err)) end
+    if reply.errname then return luv_error(reply.errname, reply.errmsg) end
+    announce({ key = reply.key, address = reply.address })
+    return fd
+  end
+
+  -- The wrappers, as methods and as uv.* functions.
+  methods.tcp.bind, uv.tcp_bind = tcp_bind, tcp_bind
+  methods.pipe.bind, uv.pipe_bind = pipe_bind, pipe_bind
+  methods.udp.bind, uv.udp_bind = udp_bind, udp_bind
+  methods.tcp.listen, methods.pipe.listen, uv.listen = listen, listen, listen
+  methods.tcp.accept, methods.pipe.accept, uv.accept = accept, accept, accept
+  methods.tcp.close, methods.pipe.close, methods.udp.close, uv.close = close, close, close, close
+  methods.tcp.getsockname, uv.tcp_getsockname = getsockname, getsockname
+  methods.pipe.getsockname, uv.pipe_getsockname = getsockname, getsockname
+end
+
+return share
