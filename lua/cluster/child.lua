@@ -70,6 +70,9 @@ function child.install(cluster, id, fd, max_size)
       worker:disconnect()
     elseif type(value) == "table" and value.act == "newconn" then
       share.on_newconn(value, handle)
+    elseif type(value) == "table" and value.act == "ping" then
+      -- Heartbeat: answered from the loop, so a stuck loop stays silent.
+      worker:_send_internal({ act = "pong", seq = value.seq })
     end
   end
   function owner.on_error(err)
@@ -84,6 +87,11 @@ function child.install(cluster, id, fd, max_size)
 
   worker._channel = Channel.open(fd, max_size, owner)
   share.install(cluster, worker)
+
+  -- For workers that do not listen: tell a supervisor this one is ready.
+  function cluster.ready()
+    worker:_send_internal({ act = "ready" })
+  end
   -- Written at once, without the loop: the master learns Lua is running
   -- even if the script never runs the loop.
   worker._channel:send({ act = "online" }, true)

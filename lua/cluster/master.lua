@@ -39,6 +39,11 @@ function MasterWorker:kill(signal)
   return self
 end
 
+-- Heartbeat: the worker's loop answers with a 'heartbeat' event (seq).
+function MasterWorker:ping(seq)
+  return self:_send_internal({ act = "ping", seq = seq })
+end
+
 -- Absolute path of the running script, fixed now so a later cwd setting
 -- does not break the default exec.
 local function script_path()
@@ -200,6 +205,12 @@ function master.install(cluster)
           cluster:emit("online", worker)
         elseif act == "exitedAfterDisconnect" then
           worker.exitedAfterDisconnect = true
+        elseif act == "pong" then
+          worker.lastHeartbeat = uv.now()
+          worker:emit("heartbeat", value.seq)
+        elseif act == "ready" then
+          worker:emit("ready")
+          cluster:emit("ready", worker)
         elseif cluster._on_internal then
           cluster._on_internal(worker, value, handle)
         end
