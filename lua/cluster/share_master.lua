@@ -44,6 +44,7 @@ function share.install(cluster)
       server.poll:stop()
       server.poll:close()
     end
+    if server.retry then server.retry:close() end
     for _, fd in ipairs(server.queue or {}) do core.close(fd) end
     core.close(server.fd)
     if server.type == "pipe" then os.remove(server.address.address) end
@@ -89,8 +90,19 @@ function share.install(cluster)
     server.queue, server.order, server.turn, server.listening = {}, {}, 0, {}
     server.poll = uv.new_poll(server.fd)
     server.on_readable = function()
-      local fds = core.accept(server.fd, 64)
-      if not fds then return end
+      local fds, _, name = core.accept(server.fd, 64)
+      if not fds then
+        -- Out of fds: the connection stays queued and a level-triggered
+        -- poll would spin; look again a little later.
+        if name == "EMFILE" or name == "ENFILE" then
+          server.poll:stop()
+          server.retry = server.retry or uv.new_timer()
+          server.retry:start(100, 0, function()
+            if servers[server.key] == server and not server.paused then server.poll:start("r", server.on_readable) end
+          end)
+        end
+        return
+      end
       local queue = server.queue
       for i = 1, #fds do queue[#queue + 1] = fds[i] end
       dispatch(server)
