@@ -31,6 +31,7 @@ build = {
       ["cluster.settings"] = "lua/cluster/settings.lua",
       ["cluster.share_master"] = "lua/cluster/share_master.lua",
       ["cluster.share_worker"] = "lua/cluster/share_worker.lua",
+      ["cluster.supervise"] = "lua/cluster/supervise.lua",
       ["cluster.worker"] = "lua/cluster/worker.lua",
       ["cluster.core"] = {
          sources = {
@@ -39,5 +40,8 @@ build = {
             "csrc/spawn.c",
          },
       },
+   },
+   install = {
+      bin = { ["luv-cluster"] = "bin/luv-cluster" },
    },
 }

@@ -91,6 +91,8 @@ function child.install(cluster, id, fd, max_size)
   -- For workers that do not listen: tell a supervisor this one is ready.
   function cluster.ready()
     worker:_send_internal({ act = "ready" })
+    -- At once, like 'online': the script may block right after.
+    worker._channel:flush_now()
   end
   -- Written at once, without the loop: the master learns Lua is running
   -- even if the script never runs the loop.

@@ -1,0 +1,461 @@
+-- bin/luv-cluster, run as a separate process: options, lifecycle lines,
+-- signals (SIGHUP, SIGTERM, SIGINT twice, SIGTTIN/SIGTTOU, SIGUSR1), exit
+-- status, privilege drop; and the reload load test (#load): clients count
+-- every outcome while SIGHUP fires every 200 ms.
+local helper = require("helper")
+local uv = require("luv")
+
+local BIN = uv.cwd() .. "/bin/luv-cluster"
+
+-- A scratch directory per describe block (made in setup, gone in teardown).
+local tmpdir, version_file
+
+local function make_tmp()
+  tmpdir = assert(uv.fs_mkdtemp("/tmp/luv-cluster-runner-XXXXXX"))
+  version_file = tmpdir .. "/version"
+end
+
+local function remove_tmp()
+  os.remove(version_file)
+  uv.fs_rmdir(tmpdir)
+end
+
+local function set_version(v)
+  local f = assert(io.open(version_file, "w"))
+  f:write(v, "\n")
+  f:close()
+end
+
+-- The runner of the current case: { state = spawn_lua's, pids = {workers} }.
+local run
+
+local function start(args)
+  local r = { pids = {}, seen = {} }
+  r.state = helper.spawn_lua(BIN, args, function(line)
+    local pid = math.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+    if pid and not r.seen[pid] then
+      r.seen[pid] = true
+      r.pids[#r.pids + 1] = pid
+    end
+  end)
+  r.pid = r.state.pid
+  run = r
+  return r
+end
+
+local function lines(r) return r.state.lines end
+
+-- Index of the first line from `from` on that matches pattern.
+local function find(r, pattern, from)
+  local ls = lines(r)
+  for i = from or 1, #ls do
+    if ls[i]:find(pattern) then return i, ls[i] end
+  end
+end
+
+local function count(r, pattern)
+  local n = 0
+  for _, l in ipairs(lines(r)) do if l:find(pattern) then n = n + 1 end end
+  return n
+end
+
+local function wait_line(r, pattern, timeout, from)
+  helper.wait(function() return find(r, pattern, from) ~= nil or r.state.exited end, timeout or 3000)
+  return find(r, pattern, from)
+end
+
+local function wait_count(r, pattern, n, timeout)
+  return helper.wait(function() return count(r, pattern) >= n end, timeout or 3000)
+end
+
+local function wait_exit(r, timeout)
+  helper.wait(function() return r.state.exited and r.state.eof end, timeout or 3000)
+  return r.state.exited and r.state.code, r.state.signal
+end
+
+local function dump(r)
+  return "runner output:\n" .. table.concat(lines(r), "\n")
+end
+
+local function port_of(r)
+  local _, line = find(r, "listening on 127%.0%.0%.1:%d+")
+  return line and math.tointeger(tonumber(line:match(":(%d+)$")))
+end
+
+-- One request on a new connection; the answer line, or nil and an error.
+local function ask(port)
+  local c = uv.new_tcp()
+  local res = {}
+  c:connect("127.0.0.1", port, function(err)
+    if err then res.err = err; c:close(); return end
+    c:write("ping\n")
+    local buf = ""
+    c:read_start(function(e, data)
+      if e or not data then
+        res.err = res.err or e or "EOF"
+        if not c:is_closing() then c:close() end
+        return
+      end
+      buf = buf .. data
+      local line = buf:match("^([^\n]*)\n")
+      if line and not res.line then res.line = line; c:close() end
+    end)
+  end)
+  helper.wait(function() return res.line or res.err end, 2000)
+  return res.line, res.err
+end
+
+local function fd_count(pid)
+  local n = 0
+  local req = uv.fs_scandir("/proc/" .. pid .. "/fd")
+  if not req then return nil end
+  while uv.fs_scandir_next(req) do n = n + 1 end
+  return n
+end
+
+local FAST = { "--heartbeat-interval", "50ms", "--heartbeat-timeout", "2s", "--boot-timeout", "3s",
+  "--backoff-initial", "10ms" }
+
+local function args(list)
+  local out = {}
+  for _, a in ipairs(FAST) do out[#out + 1] = a end
+  for _, a in ipairs(list) do out[#out + 1] = a end
+  return out
+end
+
+describe("luv-cluster (the runner)", function()
+  after_each(function()
+    if run then
+      if not run.state.exited then uv.kill(run.pid, "sigkill") end
+      assert.is_true(helper.wait(function() return run.state.exited end, 3000))
+      helper.wait(function() return run.state.eof end, 1000)
+      -- Workers die with their master (and on a clean stop, before it).
+      for _, pid in ipairs(run.pids) do
+        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000), "worker " .. pid .. " still runs")
+      end
+    end
+    run = nil
+  end)
+
+  setup(make_tmp)
+  teardown(remove_tmp)
+
+  it("--help prints the usage and exits 0", function()
+    local r = start({ "--help" })
+    assert.equal(0, wait_exit(r))
+    assert.matches("^Usage: luv%-cluster %[options%] script%.lua", lines(r)[1])
+    assert.is_truthy(find(r, "%-%-workers N"))
+  end)
+
+  -- Bad usage: exit 2, nothing on stdout, one clear line on stderr.
+  local function run_capturing(argv)
+    local out, err, res = "", "", {}
+    local stdout, stderr = uv.new_pipe(false), uv.new_pipe(false)
+    local env = { "LUA_PATH_5_4=" .. package.path, "LUA_CPATH_5_4=" .. package.cpath }
+    local full = { BIN }
+    for _, a in ipairs(argv) do full[#full + 1] = a end
+    local handle
+    handle = uv.spawn(require("cluster.core").exe_path(), { args = full, env = env, stdio = { nil, stdout, stderr } },
+      function(code) res.code = code; handle:close() end)
+    local open = 2
+    local function reader(append)
+      return function(_, data)
+        if data then append(data) else open = open - 1 end
+      end
+    end
+    stdout:read_start(reader(function(d) out = out .. d end))
+    stderr:read_start(reader(function(d) err = err .. d end))
+    helper.wait(function() return res.code and open == 0 end, 3000)
+    helper.close(stdout)
+    helper.close(stderr)
+    return res.code, out, err
+  end
+
+  for _, case in ipairs({
+    { { "--workers", "0", "x.lua" }, "%-%-workers: expected an integer >= 1, got '0'" },
+    { { "-w", "two", "x.lua" }, "%-w: expected an integer >= 1, got 'two'" },
+    { { "--policy", "fast", "x.lua" }, "%-%-policy: expected rr, shared or reuseport, got 'fast'" },
+    { { "--bogus", "x.lua" }, "unknown option '%-%-bogus'" },
+    { { "--stop-timeout", "soon", "x.lua" }, "%-%-stop%-timeout: expected a duration" },
+    { { "--workers" }, "%-%-workers: missing value" },
+    { {}, "no script given" },
+    { { "/nonexistent/script.lua" }, "cannot open script: /nonexistent/script.lua: No such file" },
+    { { "--quiet=yes", "x.lua" }, "%-%-quiet: takes no value" },
+    { { "--user", "no-such-user-here", "x.lua" }, "%-%-user: no such user 'no%-such%-user%-here'" },
+  }) do
+    it("exits 2 on bad usage: " .. table.concat(case[1], " "), function()
+      local code, out, err = run_capturing(case[1])
+      assert.equal(2, code)
+      assert.equal("", out)
+      assert.matches("^luv%-cluster: " .. case[2], err)
+      assert.matches("Try 'luv%-cluster %-%-help'%.\n$", err)
+    end)
+  end
+
+  it("runs N workers, prints their lifecycle, a stats table on SIGUSR1, and stops cleanly on SIGTERM", function()
+    set_version("v1")
+    local r = start(args({ "-w", "2", helper.fixture("sv_server"), "0", version_file }))
+    assert.is_true(wait_count(r, "ready after", 2), dump(r))
+    assert.is_truthy(find(r, "^luv%-cluster: worker %d+ %(pid %d+%) started in slot 1$"))
+    assert.is_truthy(find(r, "^luv%-cluster: worker %d+ %(pid %d+%) online$"))
+    assert.is_truthy(find(r, "^luv%-cluster: worker %d+ %(pid %d+%) listening on 127%.0%.0%.1:%d+$"))
+    assert.matches("^%d+ v1$", ask(port_of(r)))
+    uv.kill(r.pid, "sigusr1")
+    local header = wait_line(r, "^slot%s+id%s+pid%s+state%s+age%s+restarts%s+heartbeat%s+rss")
+    assert.is_truthy(header, dump(r))
+    assert.is_true(helper.wait(function() return #lines(r) >= header + 2 end))
+    for i = 1, 2 do
+      local row = lines(r)[header + i]
+      local slot, pid = row:match("^(%d+)%s+%d+%s+(%d+)%s+ready%s+[%d.]+s%s+0%s+%d+ ms ago%s+[%d.]+M")
+      assert.equal(tostring(i), slot, row)
+      assert.is_true(helper.alive(tonumber(pid)))
+    end
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r), dump(r))
+    assert.is_truthy(find(r, "stopping 2 workers %(graceful"))
+    assert.equal(2, count(r, "exited with code 0 after %d+ ms, stop$"))
+    assert.matches("^luv%-cluster: stopped$", lines(r)[#lines(r)])
+  end)
+
+  it("SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU removes the newest, SIGINT stops", function()
+    set_version("v1")
+    local r = start(args({ "-w", "2", helper.fixture("sv_server"), "0", version_file }))
+    assert.is_true(wait_count(r, "ready after", 2), dump(r))
+    local port = port_of(r)
+    set_version("v2")
+    uv.kill(r.pid, "sighup")
+    assert.is_truthy(wait_line(r, "reload done %(1 so far%)"), dump(r))
+    assert.equal(2, count(r, "started %(reload%) in slot"))
+    assert.equal(2, count(r, "draining %(reload%)"))
+    assert.matches("^%d+ v2$", ask(port))
+    uv.kill(r.pid, "sigttin")
+    assert.is_truthy(wait_line(r, "scaling to 3 workers"), dump(r))
+    local i_new = wait_line(r, "started %(scale up%) in slot 3")
+    assert.is_truthy(i_new, dump(r))
+    local newest = lines(r)[i_new]:match("%(pid (%d+)%)")
+    assert.is_truthy(wait_line(r, "%(pid " .. newest .. "%) ready"), dump(r))
+    uv.kill(r.pid, "sigttou")
+    assert.is_truthy(wait_line(r, "scaling to 2 workers"), dump(r))
+    assert.is_truthy(wait_line(r, "%(pid " .. newest .. "%) exited with code 0 after %d+ ms, scale$"), dump(r))
+    uv.kill(r.pid, "sigint")
+    assert.equal(0, wait_exit(r), dump(r))
+  end)
+
+  it("a graceful stop that outlasts --stop-timeout kills the worker and exits 1", function()
+    set_version("v1")
+    local r = start(args({ "-w", "1", "--stop-timeout", "200ms", helper.fixture("sv_server"), "0", version_file }))
+    assert.is_truthy(wait_line(r, "ready after"), dump(r))
+    -- A keep-alive connection keeps the worker's loop alive after it has
+    -- closed its server.
+    local c = uv.new_tcp()
+    local got, closed = nil, false
+    c:connect("127.0.0.1", port_of(r), function(err)
+      assert(not err, err)
+      c:write("ping\n")
+      c:read_start(function(e, data)
+        if e or not data then closed = true; c:close() else got = data end
+      end)
+    end)
+    assert.is_true(helper.wait(function() return got ~= nil end))
+    local t0 = uv.now()
+    uv.kill(r.pid, "sigterm")
+    assert.equal(1, wait_exit(r), dump(r))
+    assert.is_true(uv.now() - t0 >= 190)
+    assert.is_truthy(find(r, "still running: SIGKILL %(stop_timeout%)"))
+    assert.is_truthy(find(r, "killed by SIGKILL"))
+    assert.matches("stopped %(1 workers killed%)", lines(r)[#lines(r)])
+    assert.is_true(helper.wait(function() return closed end))
+  end)
+
+  it("a second SIGINT stops at once (exit 1)", function()
+    local r = start(args({ "-w", "2", "--stop-timeout", "30s", helper.fixture("sv_linger") }))
+    assert.is_true(wait_count(r, "ready after", 2), dump(r))
+    -- The workers ignore SIGINT (a terminal's Ctrl-C reaches them too).
+    for _, pid in ipairs(r.pids) do uv.kill(pid, "sigint") end
+    uv.kill(r.pid, "sigint")
+    assert.is_truthy(wait_line(r, "stopping 2 workers %(graceful"), dump(r))
+    -- sv_linger.lua does not leave after a disconnect: the graceful stop would wait 30 s.
+    assert.is_false(helper.wait(function() return r.state.exited end, 100))
+    uv.kill(r.pid, "sigint")
+    assert.equal(1, wait_exit(r, 2000), dump(r))
+    assert.equal(2, count(r, "SIGKILL %(immediate%)"))
+  end)
+
+  it("a crash loop backs off, marks each slot errored and exits 3", function()
+    local r = start(args({ "-w", "2", "--crash-deaths", "3", helper.fixture("sv_crash") }))
+    assert.equal(3, wait_exit(r), dump(r))
+    assert.equal(2, count(r, "errored: 3 quick deaths in a row"))
+    assert.equal(6, count(r, "exited with code 3"))
+    assert.is_truthy(find(r, "slot 1: restarting in 10 ms"))
+    assert.is_truthy(find(r, "slot 1: restarting in 15 ms"))
+    assert.is_truthy(find(r, "every worker slot errored: giving up"))
+  end)
+
+  it("kills a hung worker and restarts it", function()
+    local r = start({ "-w", "1", "--heartbeat-interval", "20ms", "--heartbeat-timeout", "150ms",
+      helper.fixture("sv_hang"), "30" })
+    local i = wait_line(r, "answered no heartbeat for %d+ ms: killing it")
+    assert.is_truthy(i, dump(r))
+    assert.is_truthy(wait_line(r, "killed by SIGKILL after %d+ ms, hang$", 3000, i), dump(r))
+    assert.is_truthy(wait_line(r, "restarted in slot 1", 3000, i), dump(r))
+  end)
+
+  it("leaves a uv.spawn child of the user script to the script", function()
+    local r = start(args({ "-w", "1", helper.fixture("sv_spawn") }))
+    assert.is_truthy(wait_line(r, "^child exited code 7 signal 0$"), dump(r))
+    assert.is_truthy(wait_line(r, "ready after"), dump(r))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r), dump(r))
+  end)
+
+  it("--json prints one object per event; --quiet prints none", function()
+    local r = start(args({ "--json", "-w", "1", helper.fixture("ready") }))
+    assert.is_truthy(wait_line(r, '^{"event":"ready",'), dump(r))
+    assert.matches('^{"event":"spawn","id":%d+,"pid":%d+,"reason":"start","slot":1,"time":%d+}$', lines(r)[1])
+    uv.kill(r.pid, "sigusr1")
+    assert.is_truthy(wait_line(r, '^{"event":"stats","workers":%[{.*"state":"ready"'), dump(r))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r))
+    assert.matches('^{"event":"stopped","clean":true,"killed":0,', lines(r)[#lines(r)])
+
+    local q = start(args({ "--quiet", "-w", "1", helper.fixture("sv_spawn") }))
+    assert.is_truthy(wait_line(q, "^child exited"), dump(q))
+    uv.kill(q.pid, "sigterm")
+    assert.equal(0, wait_exit(q))
+    assert.same({ "child exited code 7 signal 0" }, lines(q))
+  end)
+
+  it("--user/--group: a root master binds a privileged port, the worker runs unprivileged", function()
+    if uv.getuid() ~= 0 then
+      pending("needs root")
+      return
+    end
+    -- A free privileged port.
+    local port
+    for p = 700, 1000 do
+      local probe = uv.new_tcp()
+      local ok = probe:bind("127.0.0.1", p)
+      helper.close(probe)
+      if ok then port = p break end
+    end
+    assert.is_number(port)
+    local r = start(args({ "--user", "nobody", "--group", "nogroup", "-w", "1", helper.fixture("sv_whoami"),
+      tostring(port) }))
+    local _, line = wait_line(r, "^whoami")
+    assert.is_truthy(line, dump(r))
+    assert.is_truthy(wait_line(r, "listening on 127%.0%.0%.1:" .. port .. "$"), dump(r))
+    local uid, gid = line:match("^whoami uid (%d+) gid (%d+)$")
+    assert.are_not.equal("0", uid)
+    assert.are_not.equal("0", gid)
+    assert.equal(uid, (ask(port)))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r), dump(r))
+  end)
+end)
+
+-- The load test: a bounded client run against the runner while SIGHUP
+-- fires every 200 ms, at least 50 reloads; every outcome is counted.
+describe("luv-cluster reload under load #load", function()
+  setup(make_tmp)
+  teardown(remove_tmp)
+
+  after_each(function()
+    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
+    if run then helper.wait(function() return run.state.exited end, 3000) end
+    run = nil
+  end)
+
+  for _, policy in ipairs({ "rr", "shared" }) do
+    it("loses no request over 50 reloads (" .. policy .. ")", function()
+      set_version("v1")
+      -- One worker: every reload replaces the only one serving, the
+      -- hardest case for zero downtime.
+      local WORKERS = 1
+      local r = start(args({ "-w", tostring(WORKERS), "--policy", policy, "--stop-timeout", "5s",
+        helper.fixture("sv_server"), "0", version_file }))
+      assert.is_true(wait_count(r, "ready after", WORKERS), dump(r))
+      local port = port_of(r)
+      local fds_before = fd_count(r.pid)
+
+      local RELOADS, CLIENTS = 50, 4
+      local outcomes = { ok = 0 }
+      local inflight, stopping = 0, false
+      local failures = {} -- the first few: what, and how far the runner's output had got
+      local function outcome(name)
+        outcomes[name] = (outcomes[name] or 0) + 1
+        if name ~= "ok" and #failures < 10 then
+          failures[#failures + 1] = ("%s at runner line %d"):format(name, #lines(r))
+        end
+      end
+      local function client()
+        if stopping then return end
+        inflight = inflight + 1
+        local c = uv.new_tcp()
+        local done = false
+        local timer = uv.new_timer()
+        local function finish(what)
+          if done then return end
+          done = true
+          outcome(what)
+          timer:close()
+          if not c:is_closing() then c:close() end
+          inflight = inflight - 1
+          client()
+        end
+        timer:start(3000, 0, function() finish("timeout") end)
+        c:connect("127.0.0.1", port, function(err)
+          if err then return finish("connect " .. err) end
+          c:write("ping\n")
+          local buf = ""
+          c:read_start(function(e, data)
+            if e then return finish("read " .. e) end
+            if not data then return finish("EOF before answer") end
+            buf = buf .. data
+            if buf:find("^%d+ v%d+\n") then finish("ok") end
+          end)
+        end)
+      end
+      for _ = 1, CLIENTS do client() end
+
+      local hup = uv.new_timer()
+      local sent = 0
+      hup:start(200, 200, function()
+        if count(r, "reload done") >= RELOADS then return end
+        sent = sent + 1
+        set_version("v" .. sent + 1)
+        uv.kill(r.pid, "sighup")
+      end)
+      local reloaded = helper.wait(function() return count(r, "reload done") >= RELOADS end, RELOADS * 200 * 3)
+      hup:close()
+      stopping = true
+      helper.wait(function() return inflight == 0 end, 5000)
+      -- Every old worker has drained and exited.
+      local started = count(r, "started")
+      helper.wait(function() return count(r, "exited with code") >= started - WORKERS end, 5000)
+      local fds_after = fd_count(r.pid)
+      uv.kill(r.pid, "sigterm")
+      local status = wait_exit(r, 5000)
+
+      local report = {}
+      for k, v in pairs(outcomes) do report[#report + 1] = k .. "=" .. v end
+      table.sort(report)
+      print(("\n[%s] %d reloads from %d SIGHUPs, outcomes: %s, master fds %s -> %s"):format(
+        policy, count(r, "reload done"), sent, table.concat(report, " "), fds_before, fds_after))
+      local failed = 0
+      for k, v in pairs(outcomes) do if k ~= "ok" then failed = failed + v end end
+      -- The runner's output is kept when something went wrong.
+      if failed > 0 or not reloaded or count(r, "reload aborted") > 0 then
+        local path = ("/tmp/luv-cluster-load-%s.log"):format(policy)
+        local log = io.open(path, "w")
+        if log then log:write(table.concat(lines(r), "\n"), "\n"); log:close() end
+        print("runner output kept in " .. path)
+      end
+      assert.is_true(reloaded, "only " .. count(r, "reload done") .. " reloads")
+      assert.equal(0, count(r, "reload aborted"), table.concat(failures, "\n"))
+      assert.is_true(outcomes.ok > RELOADS, "too few requests to mean anything")
+      assert.equal(0, failed, table.concat(report, " ") .. "\n" .. table.concat(failures, "\n"))
+      assert.equal(fds_before, fds_after)
+      assert.equal(0, status, dump(r))
+    end)
+  end
+end)
