@@ -54,7 +54,7 @@ local function script_path()
 end
 
 -- The environment of a new worker as a list of "NAME=value".
-local function worker_env(s_env, fork_env, id, max_size)
+local function worker_env(s_env, fork_env, id, max_size, policy)
   local env = uv.os_environ()
   for k, v in pairs(s_env) do env[k] = tostring(v) end
   if fork_env then
@@ -63,6 +63,8 @@ local function worker_env(s_env, fork_env, id, max_size)
   env.LUA_CLUSTER_WORKER_ID = tostring(id)
   env.LUA_CLUSTER_FD = tostring(core.CHANNEL_FD)
   env.LUA_CLUSTER_MAX_MESSAGE_SIZE = tostring(max_size)
+  -- The worker's cluster.schedulingPolicy shows the master's.
+  env.LUA_CLUSTER_SCHED_POLICY = policy
   local list = {}
   for k, v in pairs(env) do list[#list + 1] = k .. "=" .. v end
   return list
@@ -249,6 +251,11 @@ function master.install(cluster)
 
   function cluster.fork(env)
     check_env(env)
+    local policy = cluster.schedulingPolicy
+    if policy ~= "rr" and policy ~= "shared" and policy ~= "reuseport" then
+      error("cluster.fork: cluster.schedulingPolicy must be \"rr\", \"shared\" or \"reuseport\" (got "
+        .. tostring(policy) .. ")", 2)
+    end
     if not configured then cluster.setup({}) end
     local s = cluster.settings
     if not s.exec then error("cluster.fork: no script to run (set 'exec' with cluster.setup)", 2) end
@@ -262,7 +269,7 @@ function master.install(cluster)
 
     local pid, chfd, outfd, errfd = core.spawn({
       path = s.lua, script = s.exec, argv = argv, cwd = s.cwd, uid = s.uid, gid = s.gid,
-      silent = s.silent, env = worker_env(s.env, env, id, s.maxMessageSize),
+      silent = s.silent, env = worker_env(s.env, env, id, s.maxMessageSize, policy),
     })
     if not pid then error("cluster.fork: " .. chfd, 2) end
     next_id = id + 1

@@ -104,6 +104,8 @@ function share.install(cluster, worker)
     return shared_bind("tcp", handle, host, port, flags)
   end
   local function pipe_bind(handle, path)
+    -- The master binds in its own cwd: a relative path is the worker's.
+    if type(path) == "string" and path:sub(1, 1) ~= "/" and path ~= "" then path = uv.cwd() .. "/" .. path end
     return shared_bind("pipe", handle, path)
   end
   local function udp_bind(handle, host, port, flags)
