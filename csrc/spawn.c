@@ -28,6 +28,7 @@ enum { CHANNEL_FD = 3, STATUS_FD = 4, FIRST_FREE_FD = 5 };
 /* What failed in the child, reported through the status pipe. */
 enum child_stage {
   STAGE_FDS = 1,
+  STAGE_SETSID,
   STAGE_GROUPS,
   STAGE_GID,
   STAGE_UID,
@@ -49,6 +50,7 @@ struct spawn_request {
   char **envp;
   long uid, gid; /* -1: inherit */
   int silent;
+  int detached; /* own session and process group: a terminal's Ctrl-C misses it */
 };
 
 static int close_retry(int fd) {
@@ -118,6 +120,7 @@ static _Noreturn void child_main(const struct spawn_request *req, pid_t parent,
   if (e >= 0 && dup2(e, STDERR_FILENO) < 0) child_fail(st, STAGE_FDS, errno);
   close_from(FIRST_FREE_FD);
 
+  if (req->detached && setsid() < 0) child_fail(st, STAGE_SETSID, errno);
   if (req->gid >= 0) {
     gid_t g = (gid_t)req->gid;
     if (geteuid() == 0 && setgroups(1, &g) != 0) child_fail(st, STAGE_GROUPS, errno);
@@ -143,6 +146,7 @@ static int push_child_error(lua_State *L, const struct spawn_request *req,
                             const struct child_report *r) {
   const char *what;
   switch (r->stage) {
+  case STAGE_SETSID: what = "setsid"; break;
   case STAGE_GROUPS: what = lua_pushfstring(L, "setgroups(%d)", (int)req->gid); break;
   case STAGE_GID: what = lua_pushfstring(L, "setgid(%d)", (int)req->gid); break;
   case STAGE_UID: what = lua_pushfstring(L, "setuid(%d)", (int)req->uid); break;
@@ -201,7 +205,8 @@ static void close_pair(int p[2]) {
   p[0] = p[1] = -1;
 }
 
-/* core.spawn{path=, script=, argv={}, env={"K=V"}, cwd=, uid=, gid=, silent=}
+/* core.spawn{path=, script=, argv={}, env={"K=V"}, cwd=, uid=, gid=, silent=,
+ *            detached=}
  *   -> pid, channel_fd, stdout_fd|false, stderr_fd|false
  *   | nil, err, ENAME */
 static int l_spawn(lua_State *L) {
@@ -215,6 +220,9 @@ static int l_spawn(lua_State *L) {
   req.gid = opt_id_field(L, 1, "gid");
   lua_getfield(L, 1, "silent");
   req.silent = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "detached");
+  req.detached = lua_toboolean(L, -1);
   lua_pop(L, 1);
   req.argv = check_string_array(L, 1, "argv");
   req.envp = check_string_array(L, 1, "env");

@@ -270,8 +270,18 @@ describe("luv-cluster (the runner)", function()
   it("a second SIGINT stops at once (exit 1)", function()
     local r = start(args({ "-w", "2", "--stop-timeout", "30s", helper.fixture("sv_linger") }))
     assert.is_true(wait_count(r, "ready after", 2), dump(r))
-    -- The workers ignore SIGINT (a terminal's Ctrl-C reaches them too).
-    for _, pid in ipairs(r.pids) do uv.kill(pid, "sigint") end
+    -- The workers have sessions of their own: a terminal's Ctrl-C reaches
+    -- only the runner.
+    local function session(pid)
+      local f = assert(io.open("/proc/" .. pid .. "/stat"))
+      local stat = f:read("a")
+      f:close()
+      return tonumber(stat:match("%) %a %d+ %d+ (%d+)"))
+    end
+    for _, pid in ipairs(r.pids) do
+      assert.equal(pid, session(pid))
+      assert.are_not.equal(session(r.pid), session(pid))
+    end
     uv.kill(r.pid, "sigint")
     assert.is_truthy(wait_line(r, "stopping 2 workers %(graceful"), dump(r))
     -- sv_linger.lua does not leave after a disconnect: the graceful stop would wait 30 s.

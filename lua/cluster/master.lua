@@ -269,7 +269,7 @@ function master.install(cluster)
 
     local pid, chfd, outfd, errfd = core.spawn({
       path = s.lua, script = s.exec, argv = argv, cwd = s.cwd, uid = s.uid, gid = s.gid,
-      silent = s.silent, env = worker_env(s.env, env, id, s.maxMessageSize, policy),
+      silent = s.silent, detached = s.detached, env = worker_env(s.env, env, id, s.maxMessageSize, policy),
     })
     if not pid then error("cluster.fork: " .. chfd, 2) end
     next_id = id + 1

@@ -43,6 +43,7 @@ local schema = {
   env = { is_env, "a table of name = string|number|boolean" },
   cwd = { function(v) return type(v) == "string" and v ~= "" end, "a non-empty string" },
   silent = { function(v) return type(v) == "boolean" end, "a boolean" },
+  detached = { function(v) return type(v) == "boolean" end, "a boolean" },
   uid = { is_id, "an integer user id" },
   gid = { is_id, "an integer group id" },
   maxMessageSize = { is_size, "an integer number of bytes from 1 to 4 GiB - 1" },
@@ -88,6 +89,7 @@ function settings.defaults(script)
     luaArgs = {},
     env = {},
     silent = false,
+    detached = false,
     maxMessageSize = settings.DEFAULT_MAX_MESSAGE_SIZE,
   }
 end
@@ -98,7 +100,7 @@ function settings.merge(base, given, defaults)
   local out = {}
   for k, v in pairs(base) do out[k] = copy(v) end
   for k, v in pairs(given) do
-    if v == false and k ~= "silent" then v = defaults[k] end
+    if v == false and k ~= "silent" and k ~= "detached" then v = defaults[k] end
     out[k] = copy(v)
   end
   return out

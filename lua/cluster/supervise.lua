@@ -34,7 +34,7 @@ local DEFAULTS = {
 local POLICIES = { rr = true, shared = true, reuseport = true }
 
 -- Settings passed through to cluster.setup for every fork.
-local SETUP_KEYS = { "exec", "args", "lua", "luaArgs", "env", "cwd", "silent", "uid", "gid" }
+local SETUP_KEYS = { "exec", "args", "lua", "luaArgs", "env", "cwd", "silent", "detached", "uid", "gid" }
 
 local function fail(msg, level)
   error("cluster.supervise: " .. msg, (level or 1) + 1)
