@@ -17,7 +17,7 @@ FUZZ_SECONDS ?= 30
 RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
 TEST_PKGS = $(RUN_PKGS) lua-busted clang libclang-rt-14-dev valgrind
 
-.PHONY: all build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench clean
+.PHONY: all build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
 
 all: build
 build: build/cluster/core.so
@@ -86,6 +86,11 @@ demo: deps-run install
 
 bench: build
 	$(LUA) bench/ipc/run.lua
+
+# wrk and nginx from Debian; node is used when the machine has it.
+bench-http: build
+	$(call apt_install,wrk nginx-light)
+	$(LUA) bench/http/run.lua
 
 clean:
 	rm -rf build build-asan
