@@ -37,7 +37,7 @@ build = {
          sources = {
             "csrc/buffer.c", "csrc/channel.c", "csrc/codec.c", "csrc/core.c",
             "csrc/frame.c", "csrc/listen.c", "csrc/reap.c", "csrc/signals.c",
-            "csrc/spawn.c",
+            "csrc/spawn.c", "csrc/systemd.c",
          },
       },
    },

@@ -13,5 +13,6 @@ int luaopen_cluster_core(lua_State *L) {
   reap_open(L);
   channel_open(L);
   listen_open(L);
+  systemd_open(L);
   return 1;
 }

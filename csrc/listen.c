@@ -149,7 +149,7 @@ static int opt_boolean(lua_State *L, const char *field, int dflt) {
   return lua_toboolean(L, -1);
 }
 
-enum { KIND_TCP, KIND_UDP, KIND_UNIX };
+enum { KIND_TCP, KIND_UDP, KIND_UNIX, KIND_UNIXGRAM };
 
 typedef struct {
   int kind;
@@ -185,15 +185,16 @@ static int l_listen_socket(lua_State *L) {
   if (strcmp(type, "tcp") == 0) o.kind = KIND_TCP;
   else if (strcmp(type, "udp") == 0) o.kind = KIND_UDP;
   else if (strcmp(type, "unix") == 0) o.kind = KIND_UNIX;
+  else if (strcmp(type, "unixgram") == 0) o.kind = KIND_UNIXGRAM; /* sd_notify's peer, in tests */
   else
     return luaL_argerror(
         L, 1, lua_pushfstring(L, "field 'type' must be tcp, udp or unix, not '%s'", type));
 
-  if (o.kind != KIND_UDP)
-    o.backlog = (int)opt_integer(L, "backlog", DEFAULT_BACKLOG, 0, INT_MAX);
-  o.listen = o.kind != KIND_UDP && opt_boolean(L, "listen", 1);
+  int datagram = o.kind == KIND_UDP || o.kind == KIND_UNIXGRAM;
+  if (!datagram) o.backlog = (int)opt_integer(L, "backlog", DEFAULT_BACKLOG, 0, INT_MAX);
+  o.listen = !datagram && opt_boolean(L, "listen", 1);
 
-  if (o.kind == KIND_UNIX) {
+  if (o.kind == KIND_UNIX || o.kind == KIND_UNIXGRAM) {
     size_t len;
     const char *path = opt_string(L, "path", &len);
     if (!path || len == 0) return luaL_argerror(L, 1, "field 'path' is missing");
@@ -245,7 +246,7 @@ static int l_listen_socket(lua_State *L) {
   }
 
   /* From here on no Lua error may be raised while the fd is open. */
-  int sotype = o.kind == KIND_UDP ? SOCK_DGRAM : SOCK_STREAM;
+  int sotype = datagram ? SOCK_DGRAM : SOCK_STREAM;
   const char *step = "socket";
   int bound = 0;
   int fd = socket(o.addr.ss_family, sotype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -292,7 +293,7 @@ static int l_listen_socket(lua_State *L) {
   lua_pushlightuserdata(L, &info);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     close(fd);
-    if (o.kind == KIND_UNIX) unlink(((struct sockaddr_un *)&o.addr)->sun_path);
+    if (o.kind == KIND_UNIX || o.kind == KIND_UNIXGRAM) unlink(((struct sockaddr_un *)&o.addr)->sun_path);
     return lua_error(L);
   }
   lua_pushinteger(L, fd);
@@ -302,7 +303,7 @@ static int l_listen_socket(lua_State *L) {
 fail:
   close_keep_errno(fd);
   /* The socket file is ours once bind made it: do not leave it behind. */
-  if (bound && o.kind == KIND_UNIX) {
+  if (bound && (o.kind == KIND_UNIX || o.kind == KIND_UNIXGRAM)) {
     int saved = errno;
     unlink(((struct sockaddr_un *)&o.addr)->sun_path);
     errno = saved;

@@ -34,8 +34,46 @@ local function warn_migrate_once()
   end
 end
 
+-- Sockets systemd passed in (LISTEN_FDS, from fd 3, for this pid only):
+-- a bind that matches one uses it instead of binding. The variables are
+-- removed so that workers do not take them for theirs.
+local function inherited_sockets()
+  local found = {}
+  local n = math.tointeger(tonumber(os.getenv("LISTEN_FDS") or ""))
+  local pid = math.tointeger(tonumber(os.getenv("LISTEN_PID") or ""))
+  if n and pid == math.tointeger(uv.os_getpid()) then
+    for fd = 3, 3 + n - 1 do
+      local info = core.sockname(fd)
+      local kind = info and core.socket_type(fd)
+      if info and core.set_cloexec(fd) and core.set_nonblocking(fd, true) then
+        found[#found + 1] = { fd = fd, info = info, stream = kind == "stream" }
+      end
+    end
+  end
+  if n then
+    uv.os_unsetenv("LISTEN_FDS")
+    uv.os_unsetenv("LISTEN_PID")
+    uv.os_unsetenv("LISTEN_FDNAMES")
+  end
+  return found
+end
+
+-- The inherited socket for a request, if one matches.
+local function find_inherited(list, request)
+  if request.port == 0 then return nil end
+  for _, s in ipairs(list) do
+    local a = s.info
+    local stream = request.type ~= "udp"
+    if s.stream == stream and not s.taken then
+      if request.type == "pipe" and a.family == "unix" and a.address == request.address then return s end
+      if request.type ~= "pipe" and a.address == request.address and a.port == request.port then return s end
+    end
+  end
+end
+
 function share.install(cluster)
   local servers = {} -- key -> server
+  local inherited = inherited_sockets()
   local held = setmetatable({}, { __mode = "k" }) -- worker -> { key -> count }
 
   local function close_server(server)
@@ -46,6 +84,10 @@ function share.install(cluster)
     end
     if server.retry then server.retry:close() end
     for _, fd in ipairs(server.queue or {}) do core.close(fd) end
+    if server.inherited then
+      server.inherited.taken = false -- systemd's socket: kept for a later bind
+      return
+    end
     core.close(server.fd)
     if server.type == "pipe" then os.remove(server.address.address) end
   end
@@ -112,6 +154,17 @@ function share.install(cluster)
 
   local function open_server(key, request, policy)
     local kind = request.type
+    local given = find_inherited(inherited, request)
+    if given then
+      -- One listening socket, systemd's: shared or rr, never reuseport.
+      if policy == "reuseport" then policy = "shared" end
+      given.taken = true
+      local server = { key = key, type = kind, policy = policy, fd = given.fd, address = given.info,
+        holders = 0, inherited = given }
+      if policy == "rr" then start_rr(server) end
+      servers[key] = server
+      return server
+    end
     local opts = {
       type = kind == "pipe" and "unix" or kind, host = request.address, port = request.port,
       path = kind == "pipe" and request.address or nil, backlog = request.backlog,
