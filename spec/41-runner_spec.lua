@@ -29,9 +29,9 @@ end
 -- The runner of the current case: { state = spawn_lua's, pids = {workers} }.
 local run
 
-local function start(args)
+local function start(args, bin)
   local r = { pids = {}, seen = {} }
-  r.state = helper.spawn_lua(BIN, args, function(line)
+  r.state = helper.spawn_lua(bin or BIN, args, function(line)
     local pid = math.tointeger(tonumber(line:match("%(pid (%d+)%)")))
     if pid and not r.seen[pid] then
       r.seen[pid] = true
@@ -349,8 +349,12 @@ describe("luv-cluster (the runner)", function()
       if ok then port = p break end
     end
     assert.is_number(port)
-    local r = start(args({ "--user", "nobody", "--group", "nogroup", "-w", "1", helper.fixture("sv_whoami"),
-      tostring(port) }))
+    -- The checkout may be in a directory nobody cannot enter (/root): the
+    -- runner and the worker's script run from a readable copy.
+    local copy, remove = helper.readable_copy()
+    finally(remove)
+    local r = start(args({ "--user", "nobody", "--group", "nogroup", "-w", "1",
+      copy .. "/spec/fixtures/sv_whoami.lua", tostring(port) }), copy .. "/bin/luv-cluster")
     local _, line = wait_line(r, "^whoami")
     assert.is_truthy(line, dump(r))
     assert.is_truthy(wait_line(r, "listening on 127%.0%.0%.1:" .. port .. "$"), dump(r))

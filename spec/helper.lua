@@ -44,6 +44,24 @@ function helper.close(handle)
   helper.wait(function() return closed end, 1000)
 end
 
+-- A copy of what a worker running as another user needs (lua/, build/,
+-- bin/, spec/fixtures/) in a temp dir anyone can read: the checkout itself
+-- may sit in a directory only root can enter (/root). Returns its path and
+-- a function that removes it. package.path/cpath entries for it come
+-- first in helper.copy_paths(root).
+function helper.readable_copy()
+  local dir = assert(uv.fs_mkdtemp("/tmp/luv-cluster-readable-XXXXXX"))
+  assert(os.execute(("mkdir -p '%s/spec' && cp -r '%s/lua' '%s/build' '%s/bin' '%s/' && "
+    .. "cp -r '%s/spec/fixtures' '%s/spec/' && chmod -R a+rX '%s'")
+    :format(dir, root, root, root, dir, root, dir, dir)))
+  return dir, function() os.execute("rm -rf '" .. dir .. "'") end
+end
+
+-- LUA_PATH_5_4 / LUA_CPATH_5_4 values that find the modules in a copy.
+function helper.copy_paths(dir)
+  return dir .. "/lua/?.lua;" .. dir .. "/lua/?/init.lua;;", dir .. "/build/?.so;;"
+end
+
 -- Number of open fds of this process.
 function helper.fd_count()
   local n = 0
