@@ -44,42 +44,6 @@ local function read_file(path)
   return s
 end
 
--- Like helper.spawn_lua, with a uid and gid for the child.
-local function spawn_lua_as(script, args, uid, gid, lpath, cpath)
-  local stdout = uv.new_pipe(false)
-  local state = { lines = {} }
-  local env = { "LUA_PATH_5_4=" .. lpath, "LUA_CPATH_5_4=" .. cpath }
-  for k, v in pairs(uv.os_environ()) do
-    if k ~= "LUA_PATH_5_4" and k ~= "LUA_CPATH_5_4" then env[#env + 1] = k .. "=" .. v end
-  end
-  local all = { script }
-  for _, a in ipairs(args) do all[#all + 1] = a end
-  local handle, pid
-  handle, pid = uv.spawn(require("cluster.core").exe_path(), {
-    args = all, stdio = { nil, stdout, 2 }, env = env, cwd = uv.cwd(), uid = uid, gid = gid,
-  }, function(code, signal)
-    state.exited, state.code, state.signal = true, code, signal
-    handle:close()
-  end)
-  if not handle then
-    stdout:close()
-    error("spawn: " .. tostring(pid))
-  end
-  local buf = ""
-  stdout:read_start(function(_, data)
-    if data then
-      buf = buf .. data
-      for line in buf:gmatch("([^\n]*)\n") do state.lines[#state.lines + 1] = line end
-      buf = buf:match("[^\n]*$")
-    else
-      stdout:close()
-      state.eof = true
-    end
-  end)
-  state.pid = pid
-  return state
-end
-
 describe("sharing a TCP port", function()
   after_each(util.cleanup)
 
@@ -313,7 +277,8 @@ describe("sharing a TCP port", function()
       local copy, remove = helper.readable_copy()
       finally(remove)
       local lpath, cpath = helper.copy_paths(copy)
-      state = spawn_lua_as(copy .. "/spec/fixtures/sh_master_eacces.lua", { port }, 65534, 65534, lpath, cpath)
+      state = helper.spawn_lua(copy .. "/spec/fixtures/sh_master_eacces.lua", { port }, nil, nil,
+        { uid = 65534, gid = 65534, lpath = lpath, cpath = cpath })
     else
       state = helper.spawn_lua(helper.fixture("sh_master_eacces"), { port })
     end

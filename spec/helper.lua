@@ -107,13 +107,16 @@ end
 -- Run a Lua script as a separate process; lines of its stdout go to
 -- on_line(line). Returns the uv process handle and pid; exit is recorded
 -- in the returned state table {code=, signal=, exited=}.
-function helper.spawn_lua(script, args, on_line, env)
+-- opts (optional): uid =, gid = for the child; lpath =, cpath = for its
+-- module search paths (default: this process's).
+function helper.spawn_lua(script, args, on_line, env, opts)
+  opts = opts or {}
   local stdout = uv.new_pipe(false)
   local state = { lines = {} }
   local all_args = { script }
   for _, a in ipairs(args or {}) do all_args[#all_args + 1] = a end
-  local cpath = package.cpath
-  local lpath = package.path
+  local cpath = opts.cpath or package.cpath
+  local lpath = opts.lpath or package.path
   local envlist = { "LUA_PATH_5_4=" .. lpath, "LUA_CPATH_5_4=" .. cpath }
   for k, v in pairs(uv.os_environ()) do
     if k ~= "LUA_PATH_5_4" and k ~= "LUA_CPATH_5_4" then envlist[#envlist + 1] = k .. "=" .. v end
@@ -122,7 +125,7 @@ function helper.spawn_lua(script, args, on_line, env)
   local buf = ""
   local handle, pid
   handle, pid = uv.spawn(require("cluster.core").exe_path(), {
-    args = all_args, stdio = { nil, stdout, 2 }, env = envlist,
+    args = all_args, stdio = { nil, stdout, 2 }, env = envlist, uid = opts.uid, gid = opts.gid,
   }, function(code, signal)
     state.exited, state.code, state.signal = true, code, signal
     handle:close()
