@@ -54,6 +54,16 @@ function share.install(cluster, worker)
     return reply, fd
   end
 
+  -- The n-th port-0 bind of this worker on an address: the master gives
+  -- the n-th ones of every worker the same real port.
+  local function port0_index(kind, host, port)
+    if port ~= 0 then return nil end
+    local k = kind .. ":" .. tostring(host)
+    local index = (port0_count[k] or 0) + 1
+    port0_count[k] = index
+    return index
+  end
+
   local function announce(server)
     if server.announced then return end
     server.announced = true
@@ -64,14 +74,8 @@ function share.install(cluster, worker)
   -- bind for all three kinds: kind "tcp"/"udp" with (host, port), "pipe"
   -- with (path).
   local function shared_bind(kind, handle, host, port, flags)
-    local index
-    if kind ~= "pipe" and port == 0 then
-      local k = kind .. ":" .. tostring(host)
-      index = (port0_count[k] or 0) + 1
-      port0_count[k] = index
-    end
     local reply, fd, err = ask({
-      type = kind, address = host, port = port, index = index,
+      type = kind, address = host, port = port, index = kind ~= "pipe" and port0_index(kind, host, port) or nil,
       ipv6only = type(flags) == "table" and flags.ipv6only or nil,
     })
     if not reply then return luv_error("EIO", "no answer from the master: " .. tostring(err)) end
@@ -204,13 +208,8 @@ function share.install(cluster, worker)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
     if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
     if backlog ~= nil and math.type(backlog) ~= "integer" then error("bad argument 'backlog' (integer expected)", 2) end
-    local index
-    if port == 0 then
-      local k = "tcp:" .. host
-      index = (port0_count[k] or 0) + 1
-      port0_count[k] = index
-    end
-    local reply, fd, err = ask({ type = "tcp", address = host, port = port, index = index, backlog = backlog, fd = true })
+    local reply, fd, err = ask({ type = "tcp", address = host, port = port,
+      index = port0_index("tcp", host, port), backlog = backlog, fd = true })
     if not reply then return luv_error("EIO", "no answer from the master: " .. tostring(err)) end
     if reply.errname then return luv_error(reply.errname, reply.errmsg) end
     announce({ key = reply.key, address = reply.address })
