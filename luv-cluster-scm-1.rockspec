@@ -28,6 +28,7 @@ build = {
       ["cluster.defer"] = "lua/cluster/defer.lua",
       ["cluster.emitter"] = "lua/cluster/emitter.lua",
       ["cluster.master"] = "lua/cluster/master.lua",
+      ["cluster.protocol"] = "lua/cluster/protocol.lua",
       ["cluster.settings"] = "lua/cluster/settings.lua",
       ["cluster.share_master"] = "lua/cluster/share_master.lua",
       ["cluster.share_worker"] = "lua/cluster/share_worker.lua",
@@ -36,7 +37,7 @@ build = {
       ["cluster.core"] = {
          sources = {
             "csrc/buffer.c", "csrc/channel.c", "csrc/codec.c", "csrc/core.c",
-            "csrc/frame.c", "csrc/listen.c", "csrc/reap.c", "csrc/signals.c",
+            "csrc/frame.c", "csrc/limits.c", "csrc/listen.c", "csrc/reap.c", "csrc/signals.c",
             "csrc/spawn.c", "csrc/systemd.c",
          },
       },

@@ -25,6 +25,19 @@ void buffer_consume(buffer *b, size_t n) {
   b->len -= n;
 }
 
+void buffer_trim(buffer *b, size_t keep) {
+  if (b->cap <= keep || b->len > b->cap / 2) return;
+  size_t cap = b->len > keep ? b->len : keep;
+  if (cap == 0) {
+    buffer_free(b);
+    return;
+  }
+  char *p = realloc(b->data, cap);
+  if (!p) return;
+  b->data = p;
+  b->cap = cap;
+}
+
 void buffer_free(buffer *b) {
   free(b->data);
   b->data = NULL;

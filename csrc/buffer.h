@@ -18,6 +18,11 @@ int buffer_reserve(buffer *b, size_t extra);
 /* Drop the first n bytes (n <= len). */
 void buffer_consume(buffer *b, size_t n);
 
+/* Give memory back after a peak: when more than `keep` bytes are allocated
+ * and at most half of them are in use, shrink to what is in use (at least
+ * `keep`). A failed shrink leaves the buffer as it was. */
+void buffer_trim(buffer *b, size_t keep);
+
 void buffer_free(buffer *b);
 
 #endif

@@ -1,10 +1,11 @@
 /* The master<->worker channel: a non-blocking AF_UNIX stream socket with
  * length-framed messages. Sends are appended to one output buffer and
  * written in as few sendmsg() calls as the socket takes (the Lua layer
- * flushes once per loop turn), and one recvmsg() brings in as many frames
- * as are waiting. File descriptors ride with SCM_RIGHTS on the sendmsg()
- * that writes their frame's first byte. The channel never calls luv: Lua
- * polls ch:fileno() and calls flush/read/next. */
+ * flushes once per loop turn; a burst past the high-water mark writes
+ * through as it goes), and one recvmsg() brings in as many frames as are
+ * waiting. File descriptors ride with SCM_RIGHTS on the sendmsg() that
+ * writes their frame's first byte. The channel never calls luv: Lua polls
+ * ch:fileno() and calls flush/read/next. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,9 +31,21 @@
 /* A flush moves at most this much per sendmsg so one huge message cannot
  * starve the loop. */
 #define WRITE_CHUNK (4 * 1024 * 1024)
+/* Past the high-water mark, a send writes through at most once per this
+ * many newly queued bytes: the reader works while the burst goes on, and a
+ * full socket costs one failed write per step, not one per message. */
+#define WRITE_THROUGH_STEP (64 * 1024)
+/* Queue and receive buffer memory kept after a peak. */
+#define KEEP_BYTES (1024 * 1024)
+/* Values at least this big are decoded under lua_pcall: running out of
+ * memory for one costs that message, not the process. */
+#define PROTECTED_DECODE_MIN 4096
 /* Received fds not yet claimed by a frame; a peer that sends more is
  * broken. */
 #define MAX_PENDING_FDS 64
+/* In the received-fd FIFO: an fd the kernel could not give us (we were out
+ * of descriptors, MSG_CTRUNC); the frame that announced it is dropped. */
+#define LOST_FD (-2)
 
 struct pending_fd {
   uint64_t offset; /* absolute output offset of its frame's first byte */
@@ -42,18 +56,29 @@ struct pending_fd {
 
 typedef struct channel {
   uint32_t magic; /* CHANNEL_MAGIC: see to_channel() */
-  int fd;         /* -1 once closed */
+  int fd;         /* the socket; -1 once closed */
+  /* An epoll fd watching the socket, and what the loop polls: the loop
+   * then sees only "readable", never the socket's POLLERR (a peer that died
+   * with messages unread), which luv would print as EBADF. The socket's
+   * own read says what happened. */
+  int pollfd;
+  int watch_out; /* pollfd also waits for the socket to be writable */
   size_t max_payload;
+  size_t high_water; /* unwritten bytes from which send says "slow down" */
+  size_t max_queue;  /* unwritten bytes from which send refuses */
 
   buffer out;
   size_t out_head;     /* out.data[out_head..len) is unsent */
   uint64_t out_sent;   /* bytes written since creation */
+  size_t through_at;   /* unsent bytes at which a send next writes through */
+  int write_err;       /* errno of a failed write, for the next send/flush */
   struct pending_fd *out_fds; /* FIFO, ordered by offset */
   size_t out_fds_head, out_fds_len, out_fds_cap;
 
   buffer in;
   size_t in_head; /* in.data[in_head..len) is not parsed yet */
-  int in_fds[MAX_PENDING_FDS];
+  uint64_t skip;  /* bytes of a dropped frame still to be read and discarded */
+  int in_fds[MAX_PENDING_FDS]; /* FIFO; LOST_FD marks a lost one */
   size_t in_fds_head, in_fds_len;
 } channel;
 
@@ -82,29 +107,50 @@ static int set_fd_flags(int fd) {
   return 0;
 }
 
-/* core.channel(fd, max_payload) -> channel. Takes ownership of fd. */
+/* core.channel(fd, max_payload, high_water, max_queue) -> channel
+ *                                                    | nil, err, ENAME
+ * Takes ownership of fd on success. */
 static int l_channel(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
   lua_Integer max = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, fd >= 0, 1, "not a file descriptor");
+  lua_Integer high = luaL_checkinteger(L, 3);
+  lua_Integer queue = luaL_checkinteger(L, 4);
+  luaL_argcheck(L, fd >= 0 && fd <= INT32_MAX, 1, "not a file descriptor");
   luaL_argcheck(L, max > 0 && (uint64_t)max <= UINT32_MAX, 2, "maxMessageSize out of range");
+  luaL_argcheck(L, high >= 0, 3, "sendHighWaterMark out of range");
+  luaL_argcheck(L, queue > 0, 4, "maxQueueSize out of range");
   if (set_fd_flags((int)fd) != 0) return core_push_errno(L, "channel fd", errno);
   channel *ch = lua_newuserdatauv(L, sizeof *ch, 0);
   memset(ch, 0, sizeof *ch);
   ch->magic = CHANNEL_MAGIC;
+  ch->fd = -1; /* not ours until the epoll fd is made */
+  ch->pollfd = epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event ev = {.events = EPOLLIN};
+  if (ch->pollfd < 0 || epoll_ctl(ch->pollfd, EPOLL_CTL_ADD, (int)fd, &ev) != 0) {
+    int err = errno;
+    if (ch->pollfd >= 0) close(ch->pollfd);
+    ch->pollfd = -1;
+    return core_push_errno(L, "channel epoll", err);
+  }
   ch->fd = (int)fd;
   ch->max_payload = (size_t)max;
+  ch->high_water = (size_t)high;
+  ch->max_queue = (size_t)queue;
+  ch->through_at = ch->high_water;
   luaL_setmetatable(L, CHANNEL_MT);
   return 1;
 }
 
 static void channel_close(channel *ch) {
   if (ch->fd < 0) return;
+  close(ch->pollfd);
   close(ch->fd);
-  ch->fd = -1;
+  ch->fd = ch->pollfd = -1;
   for (size_t i = ch->out_fds_head; i < ch->out_fds_len; i++) close(ch->out_fds[i].fd);
-  for (size_t i = 0; i < ch->in_fds_len; i++)
-    close(ch->in_fds[(ch->in_fds_head + i) % MAX_PENDING_FDS]);
+  for (size_t i = 0; i < ch->in_fds_len; i++) {
+    int fd = ch->in_fds[(ch->in_fds_head + i) % MAX_PENDING_FDS];
+    if (fd != LOST_FD) close(fd);
+  }
   free(ch->out_fds);
   ch->out_fds = NULL;
   ch->out_fds_head = ch->out_fds_len = ch->out_fds_cap = 0;
@@ -130,8 +176,25 @@ static int l_is_closed(lua_State *L) {
   return 1;
 }
 
+/* ch:fileno() -> the fd for the loop to poll for reading (the epoll fd:
+ * readable when the socket is readable, or writable while ch:watch(true)). */
 static int l_fileno(lua_State *L) {
-  lua_pushinteger(L, check_channel(L)->fd);
+  lua_pushinteger(L, check_channel(L)->pollfd);
+  return 1;
+}
+
+/* ch:watch(writing) -> true | nil, err, ENAME
+ * Whether fileno() also wakes the loop when the socket can take more. */
+static int l_watch(lua_State *L) {
+  channel *ch = check_channel(L);
+  int want = lua_toboolean(L, 2);
+  if (want != ch->watch_out) {
+    struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0)};
+    if (epoll_ctl(ch->pollfd, EPOLL_CTL_MOD, ch->fd, &ev) != 0)
+      return core_push_errno(L, "channel epoll", errno);
+    ch->watch_out = want;
+  }
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -149,57 +212,11 @@ static int push_fd(channel *ch, int fd, uint64_t offset) {
   return 0;
 }
 
-/* ch:send(value, internal[, fd_kind, fd]) -> end offset
- * Raises when the value cannot be sent; then nothing was queued. The
- * channel keeps its own duplicate of fd, so the caller may close it at
- * once. The end offset is compared with flush()'s written total to know
- * when this message has left. */
-static int l_send(lua_State *L) {
-  channel *ch = check_channel(L);
-  luaL_checkany(L, 2);
-  int internal = lua_toboolean(L, 3);
-  lua_Integer kind = luaL_optinteger(L, 4, FRAME_FD_NONE);
-  luaL_argcheck(L, kind >= FRAME_FD_NONE && kind <= FRAME_FD_KIND_MAX, 4, "bad fd kind");
-  int dup_fd = -1;
-  if (kind != FRAME_FD_NONE) {
-    lua_Integer fd = luaL_checkinteger(L, 5);
-    luaL_argcheck(L, fd >= 0 && fd <= INT32_MAX, 5, "not a file descriptor");
-    dup_fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
-    if (dup_fd < 0) return luaL_error(L, "cannot send fd %d: %s", (int)fd, strerror(errno));
-  }
+static size_t unsent(const channel *ch) { return ch->out.len - ch->out_head; }
 
-  /* Compact when more of the buffer is sent than unsent. */
-  if (ch->out_head > 0 && ch->out_head >= ch->out.len - ch->out_head) {
-    buffer_consume(&ch->out, ch->out_head);
-    ch->out_head = 0;
-  }
-  size_t start = ch->out.len;
-  if (buffer_reserve(&ch->out, FRAME_HEADER_SIZE) != 0) goto nomem;
-  ch->out.len += FRAME_HEADER_SIZE;
-  if (codec_encode(L, 2, &ch->out, ch->max_payload) != 0) {
-    ch->out.len = start;
-    if (dup_fd >= 0) close(dup_fd);
-    return lua_error(L);
-  }
-  uint64_t frame_offset = ch->out_sent + (start - ch->out_head);
-  if (dup_fd >= 0 && push_fd(ch, dup_fd, frame_offset) != 0) {
-    ch->out.len = start;
-    goto nomem;
-  }
-  frame_write_header(ch->out.data + start, (uint32_t)(ch->out.len - start - FRAME_HEADER_SIZE),
-                     internal, (unsigned)kind);
-  lua_pushinteger(L, (lua_Integer)(ch->out_sent + (ch->out.len - ch->out_head)));
-  return 1;
-
-nomem:
-  if (dup_fd >= 0) close(dup_fd);
-  return luaL_error(L, "not enough memory to queue the message");
-}
-
-/* ch:flush() -> written_total, pending_bytes | nil, err, ENAME
- * Writes until everything is out or the socket is full. */
-static int l_flush(lua_State *L) {
-  channel *ch = check_channel(L);
+/* Write until everything is out or the socket is full. 0, or the errno of
+ * a failed sendmsg (EAGAIN is not a failure). */
+static int channel_write(channel *ch) {
   while (ch->out_head < ch->out.len) {
     size_t len = ch->out.len - ch->out_head;
     if (len > WRITE_CHUNK) len = WRITE_CHUNK;
@@ -232,7 +249,7 @@ static int l_flush(lua_State *L) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      return core_push_errno(L, "channel write", errno);
+      return errno;
     }
     if (attach) {
       close(next->fd); /* the peer has its own copy now */
@@ -241,35 +258,192 @@ static int l_flush(lua_State *L) {
     ch->out_head += (size_t)n;
     ch->out_sent += (uint64_t)n;
   }
-  if (ch->out_head == ch->out.len) ch->out_head = ch->out.len = 0;
-  lua_pushinteger(L, (lua_Integer)ch->out_sent);
-  lua_pushinteger(L, (lua_Integer)(ch->out.len - ch->out_head));
+  if (ch->out_head == ch->out.len) {
+    ch->out_head = ch->out.len = 0;
+    buffer_trim(&ch->out, KEEP_BYTES);
+  }
+  return 0;
+}
+
+static int push_refused(lua_State *L, const char *what, int err) {
+  char text[160];
+  snprintf(text, sizeof text, "%s: %s", strerrorname_np(err) ? strerrorname_np(err) : "EIO", what);
+  lua_pushnil(L);
+  lua_pushstring(L, text);
+  lua_pushstring(L, strerrorname_np(err) ? strerrorname_np(err) : "EIO");
+  return 3;
+}
+
+/* ch:send(value, internal[, fd_kind, fd[, take]])
+ *   -> end_offset, above_high_water | nil, err, ENAME
+ * Raises when the value cannot be sent (a function, a cycle, over
+ * maxMessageSize...); then nothing was queued. nil, err, ENAME when the
+ * message was refused: the queue holds maxQueueSize bytes or this message
+ * would pass it (ENOBUFS), an earlier write failed (its errno), or fd could
+ * not be duplicated or memory ran out. The channel keeps its own duplicate
+ * of fd, so the caller may close it at once; with `take`, the channel takes
+ * fd itself instead (no descriptor is needed to pass it), and on a refusal
+ * fd is still the caller's. end_offset is compared with flush()'s written
+ * total to know when this message has left. */
+static int l_send(lua_State *L) {
+  channel *ch = check_channel(L);
+  luaL_checkany(L, 2);
+  int internal = lua_toboolean(L, 3);
+  lua_Integer kind = luaL_optinteger(L, 4, FRAME_FD_NONE);
+  luaL_argcheck(L, kind >= FRAME_FD_NONE && kind <= FRAME_FD_KIND_MAX, 4, "bad fd kind");
+  int fd = -1, take = 0;
+  if (kind != FRAME_FD_NONE) {
+    lua_Integer given = luaL_checkinteger(L, 5);
+    luaL_argcheck(L, given >= 0 && given <= INT32_MAX, 5, "not a file descriptor");
+    fd = (int)given;
+    take = lua_toboolean(L, 6);
+  }
+  if (ch->write_err) return push_refused(L, "the channel cannot be written to", ch->write_err);
+  size_t pending = unsent(ch);
+  if (pending >= ch->max_queue)
+    return push_refused(L, "send queue full (maxQueueSize bytes unwritten)", ENOBUFS);
+  if (!take && fd >= 0) {
+    fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return push_refused(L, "cannot duplicate the handle's file descriptor", errno);
+  }
+
+  /* Compact when more of the buffer is sent than unsent. */
+  if (ch->out_head > 0 && ch->out_head >= pending) {
+    buffer_consume(&ch->out, ch->out_head);
+    ch->out_head = 0;
+  }
+  /* The message may not take the queue past maxQueueSize. */
+  size_t room = ch->max_queue - pending;
+  size_t limit = ch->max_payload;
+  int limited_by_queue = 0;
+  if (room < (size_t)FRAME_HEADER_SIZE + limit) {
+    limit = room > FRAME_HEADER_SIZE ? room - FRAME_HEADER_SIZE : 0;
+    limited_by_queue = 1;
+  }
+  size_t start = ch->out.len;
+  int status = CODEC_NOMEM;
+  if (buffer_reserve(&ch->out, FRAME_HEADER_SIZE) == 0) {
+    ch->out.len += FRAME_HEADER_SIZE;
+    status = codec_encode(L, 2, &ch->out, limit);
+    if (status == CODEC_OK && fd >= 0 && push_fd(ch, fd, ch->out_sent + (start - ch->out_head)) != 0)
+      status = CODEC_NOMEM;
+    if (status != CODEC_OK) ch->out.len = start;
+  }
+  if (status != CODEC_OK) {
+    buffer_trim(&ch->out, KEEP_BYTES); /* a failed encode gives its peak back */
+    if (fd >= 0 && !take) close(fd);
+    if (status == CODEC_NOMEM) return push_refused(L, "not enough memory to queue the message", ENOMEM);
+    if (status == CODEC_TOO_BIG && limited_by_queue)
+      return push_refused(L, "send queue full (the message would pass maxQueueSize)", ENOBUFS);
+    return lua_error(L); /* codec_encode pushed the message */
+  }
+  frame_write_header(ch->out.data + start, (uint32_t)(ch->out.len - start - FRAME_HEADER_SIZE),
+                     internal, (unsigned)kind);
+
+  /* A long burst starts writing while it runs. */
+  pending = unsent(ch);
+  if (pending >= ch->through_at) {
+    int err = channel_write(ch);
+    if (err) ch->write_err = err; /* this message is queued; the next flush reports it */
+    pending = unsent(ch);
+    ch->through_at = pending + WRITE_THROUGH_STEP;
+    if (ch->through_at < ch->high_water) ch->through_at = ch->high_water;
+  }
+  lua_pushinteger(L, (lua_Integer)(ch->out_sent + pending));
+  lua_pushboolean(L, pending >= ch->high_water);
   return 2;
 }
 
+/* ch:flush() -> written_total, pending_bytes | nil, err, ENAME
+ * Writes until everything is out or the socket is full. */
+static int l_flush(lua_State *L) {
+  channel *ch = check_channel(L);
+  int err = ch->write_err ? ch->write_err : channel_write(ch);
+  if (err) {
+    ch->write_err = err;
+    return core_push_errno(L, "channel write", err);
+  }
+  size_t pending = unsent(ch);
+  ch->through_at = pending > ch->high_water ? pending + WRITE_THROUGH_STEP : ch->high_water;
+  lua_pushinteger(L, (lua_Integer)ch->out_sent);
+  lua_pushinteger(L, (lua_Integer)pending);
+  return 2;
+}
+
+static int push_in_fd(channel *ch, int fd) {
+  if (ch->in_fds_len == MAX_PENDING_FDS) return -1;
+  ch->in_fds[(ch->in_fds_head + ch->in_fds_len++) % MAX_PENDING_FDS] = fd;
+  return 0;
+}
+
+static int pop_in_fd(channel *ch) {
+  int fd = ch->in_fds[ch->in_fds_head];
+  ch->in_fds_head = (ch->in_fds_head + 1) % MAX_PENDING_FDS;
+  ch->in_fds_len--;
+  return fd;
+}
+
+/* Queue the fds a recvmsg brought. Our sender puts one fd on a sendmsg, and
+ * the kernel ends a read after the data that carried fds, so one read has
+ * at most one. MSG_CTRUNC with none means the kernel could not give it to
+ * us (we are out of descriptors): a LOST_FD stands in for it. -1 when the
+ * peer is broken (more fds than that, or more than we keep). */
 static int take_fds(channel *ch, struct msghdr *msg) {
   int broken = 0;
+  size_t got = 0;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     for (size_t i = 0; i < n; i++) {
       int fd;
       memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      if (ch->in_fds_len == MAX_PENDING_FDS) {
+      got++;
+      if (push_in_fd(ch, fd) != 0) {
         close(fd);
         broken = 1;
-        continue;
       }
-      ch->in_fds[(ch->in_fds_head + ch->in_fds_len++) % MAX_PENDING_FDS] = fd;
     }
+  }
+  if (msg->msg_flags & MSG_CTRUNC) {
+    if (got > 0 || push_in_fd(ch, LOST_FD) != 0) broken = 1;
   }
   return broken ? -1 : 0;
 }
 
+/* The frame header at the start of the unparsed input, if 5 bytes are in. */
+static int peek_header(const channel *ch, uint32_t *payload_len, unsigned *fd_kind) {
+  if (ch->in.len - ch->in_head < FRAME_HEADER_SIZE) return 0;
+  const unsigned char *p = (const unsigned char *)ch->in.data + ch->in_head;
+  *payload_len = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+  *fd_kind = (p[4] >> 1) & 0x7u;
+  return 1;
+}
+
+/* No memory to take in the frame at the head of the input: drop it. Its
+ * bytes in the buffer go now, the rest as they arrive (ch->skip), and so
+ * does its fd. */
+static int drop_incoming_frame(lua_State *L, channel *ch, uint32_t payload_len, unsigned fd_kind) {
+  size_t have = ch->in.len - ch->in_head;
+  ch->skip = (uint64_t)FRAME_HEADER_SIZE + payload_len - have;
+  ch->in.len = ch->in_head = 0;
+  buffer_trim(&ch->in, READ_CHUNK);
+  if (fd_kind != FRAME_FD_NONE && ch->in_fds_len > 0) {
+    int fd = pop_in_fd(ch);
+    if (fd != LOST_FD) close(fd);
+  }
+  lua_pushnil(L);
+  lua_pushfstring(L, "ENOMEM: a message of %d bytes was dropped: not enough memory to receive it",
+                  (int)(payload_len > INT32_MAX ? INT32_MAX : payload_len));
+  lua_pushliteral(L, "ENOMEM");
+  return 3;
+}
+
 /* ch:read() -> true, filled (got bytes) | false (nothing yet) | nil, err, ENAME
- * err is "EOF" when the peer has closed its end. `filled` is true when the
- * read took all the room it had, so more may be waiting: after a short read
- * the caller can skip the read that would only say EAGAIN. */
+ * err is "EOF" when the peer has closed its end; ENAME "ENOMEM" when a
+ * message had to be dropped for want of memory (the channel goes on).
+ * `filled` is true when the read took all the room it had, so more may be
+ * waiting: after a short read the caller can skip the read that would
+ * only say EAGAIN. */
 static int l_read(lua_State *L) {
   channel *ch = check_channel(L);
   if (ch->in_head > 0) {
@@ -278,15 +452,18 @@ static int l_read(lua_State *L) {
   }
   /* Read a whole announced frame in one go when it is large. */
   size_t want = READ_CHUNK;
-  frame_header h;
-  if (frame_parse(ch->in.data, ch->in.len, ch->max_payload, &h) == FRAME_MORE &&
-      ch->in.len >= FRAME_HEADER_SIZE) {
-    const unsigned char *p = (const unsigned char *)ch->in.data;
-    size_t total = FRAME_HEADER_SIZE + ((size_t)p[0] | (size_t)p[1] << 8 |
-                                        (size_t)p[2] << 16 | (size_t)p[3] << 24);
-    if (total - ch->in.len > want) want = total - ch->in.len;
+  uint32_t payload_len = 0;
+  unsigned fd_kind = 0;
+  int have_header = ch->skip == 0 && peek_header(ch, &payload_len, &fd_kind) &&
+                    payload_len <= ch->max_payload;
+  if (have_header) {
+    size_t total = FRAME_HEADER_SIZE + (size_t)payload_len;
+    if (total > ch->in.len && total - ch->in.len > want) want = total - ch->in.len;
   }
-  if (buffer_reserve(&ch->in, want) != 0) return luaL_error(L, "not enough memory to read");
+  if (buffer_reserve(&ch->in, want) != 0) {
+    if (have_header) return drop_incoming_frame(L, ch, payload_len, fd_kind);
+    return core_push_errno(L, "channel read", ENOMEM);
+  }
 
   for (;;) {
     struct iovec iov = {ch->in.data + ch->in.len, ch->in.cap - ch->in.len};
@@ -307,10 +484,9 @@ static int l_read(lua_State *L) {
       }
       return core_push_errno(L, "channel read", errno);
     }
-    int fds_ok = take_fds(ch, &msg) == 0;
-    if (!fds_ok || (msg.msg_flags & MSG_CTRUNC)) {
+    if (take_fds(ch, &msg) != 0) {
       lua_pushnil(L);
-      lua_pushstring(L, "peer error: file descriptors lost (control data truncated or too many unclaimed)");
+      lua_pushstring(L, "peer error: file descriptors lost (more than announced)");
       lua_pushstring(L, "EPROTO");
       return 3;
     }
@@ -321,15 +497,52 @@ static int l_read(lua_State *L) {
       return 3;
     }
     ch->in.len += (size_t)n;
+    if (ch->skip > 0) { /* the rest of a dropped frame */
+      size_t d = ch->skip < ch->in.len ? (size_t)ch->skip : ch->in.len;
+      buffer_consume(&ch->in, d);
+      ch->skip -= d;
+    }
     lua_pushboolean(L, 1);
     lua_pushboolean(L, (size_t)n == iov.iov_len);
     return 2;
   }
 }
 
-/* ch:next() -> true, value, internal, fd_kind, fd  (one whole frame)
- *            | false                               (need more bytes)
- *            | nil, err                            (malformed: drop the peer) */
+/* Decode under lua_pcall: (pointer, length) -> true, value | false, err */
+static int decode_protected(lua_State *L) {
+  const char *p = lua_touserdata(L, 1);
+  size_t len = (size_t)lua_tointeger(L, 2);
+  lua_settop(L, 0);
+  int ok = codec_decode(L, p, len) == 0;
+  lua_pushboolean(L, ok);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* Decode one payload onto the stack: 1 and the value; 0 and an error
+ * message (malformed); -1 and an error message (no memory: the frame is to
+ * be dropped). */
+static int decode_payload(lua_State *L, const char *p, size_t len) {
+  if (len < PROTECTED_DECODE_MIN) return codec_decode(L, p, len) == 0 ? 1 : 0;
+  lua_pushcfunction(L, decode_protected);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, (lua_Integer)len);
+  if (lua_pcall(L, 2, 2, 0) != 0) {
+    lua_pushfstring(L, "ENOMEM: a message of %d bytes was dropped: not enough memory to decode it",
+                    (int)(len > INT32_MAX ? INT32_MAX : len));
+    lua_remove(L, -2);
+    return -1;
+  }
+  int ok = lua_toboolean(L, -2);
+  lua_remove(L, -2);
+  return ok;
+}
+
+/* ch:next() -> true, value, internal[, fd_kind, fd]  (one whole frame)
+ *            | false                                 (need more bytes)
+ *            | nil, err                              (malformed: drop the peer)
+ *            | "dropped", err, internal[, value]     (a frame that could not be
+ *              delivered: its fd was lost, or no memory for its value) */
 static int l_next(lua_State *L) {
   channel *ch = check_channel(L);
   frame_header h;
@@ -355,18 +568,36 @@ static int l_next(lua_State *L) {
     }
     fd = ch->in_fds[ch->in_fds_head];
   }
-  lua_pushboolean(L, 1);
-  if (codec_decode(L, p + FRAME_HEADER_SIZE, h.payload_len) != 0) {
+  int decoded = decode_payload(L, p + FRAME_HEADER_SIZE, h.payload_len);
+  if (decoded == 0) { /* malformed: the error message is on the stack */
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
   }
-  if (fd >= 0) {
-    ch->in_fds_head = (ch->in_fds_head + 1) % MAX_PENDING_FDS;
-    ch->in_fds_len--;
-  }
+  /* From here the frame is consumed, delivered or dropped. */
+  if (fd != -1) pop_in_fd(ch);
   ch->in_head += FRAME_HEADER_SIZE + h.payload_len;
-  if (ch->in_head == ch->in.len) ch->in_head = ch->in.len = 0;
+  if (ch->in_head == ch->in.len) {
+    ch->in_head = ch->in.len = 0;
+    if (h.payload_len >= PROTECTED_DECODE_MIN) buffer_trim(&ch->in, KEEP_BYTES);
+  }
+  if (decoded < 0 || fd == LOST_FD) {
+    if (fd >= 0) close(fd);
+    if (decoded > 0) { /* the value, kept for the caller to see what was lost */
+      lua_pushliteral(L, "dropped");
+      lua_pushliteral(L, "EMFILE: a message was dropped: the file descriptor sent with it "
+                         "could not be received (out of file descriptors)");
+      lua_pushboolean(L, h.internal);
+      lua_rotate(L, -4, -1);
+      return 4;
+    }
+    lua_pushliteral(L, "dropped");
+    lua_insert(L, -2);
+    lua_pushboolean(L, h.internal);
+    return 3;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -2);
   lua_pushboolean(L, h.internal);
   if (fd < 0) return 3;
   lua_pushinteger(L, h.fd_kind);
@@ -414,8 +645,9 @@ static int l_pending(lua_State *L) {
 void channel_open(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"send", l_send},   {"flush", l_flush},     {"read", l_read},
-      {"next", l_next},   {"fileno", l_fileno},   {"pending", l_pending},
-      {"close", l_close}, {"is_closed", l_is_closed}, {"wait", l_wait}, {NULL, NULL}};
+      {"next", l_next},   {"fileno", l_fileno},   {"watch", l_watch},
+      {"pending", l_pending}, {"close", l_close}, {"is_closed", l_is_closed},
+      {"wait", l_wait},   {NULL, NULL}};
   luaL_newmetatable(L, CHANNEL_MT);
   luaL_newlib(L, methods);
   /* Also core.channel_methods: the Lua hot paths call these directly. */

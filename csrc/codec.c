@@ -101,6 +101,7 @@ typedef struct encoder {
   buffer *out;
   size_t start; /* out->len on entry */
   size_t limit;
+  int status;                          /* enum codec_status of a failure */
   int depth;                           /* tables on the current path */
   const void *tables[CODEC_MAX_DEPTH]; /* for cycle detection */
   /* Error report, filled only on failure. The key path is built while
@@ -118,6 +119,7 @@ static int enc_fail(encoder *e, int want_path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static int enc_fail(encoder *e, int want_path, const char *fmt, ...) {
+  e->status = CODEC_UNSENDABLE;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(e->msg, sizeof e->msg, fmt, ap);
@@ -130,12 +132,15 @@ static int enc_fail(encoder *e, int want_path, const char *fmt, ...) {
 }
 
 static int enc_over_limit(encoder *e, size_t size) {
-  return enc_fail(e, PATH_NONE, "message is %zu+ bytes, over the limit of %zu",
-                  size, e->limit);
+  enc_fail(e, PATH_NONE, "message is %zu+ bytes, over the limit of %zu", size, e->limit);
+  e->status = CODEC_TOO_BIG;
+  return -1;
 }
 
 static int enc_oom(encoder *e) {
-  return enc_fail(e, PATH_NONE, "out of memory while encoding a message");
+  enc_fail(e, PATH_NONE, "out of memory while encoding a message");
+  e->status = CODEC_NOMEM;
+  return -1;
 }
 
 /* Pointer to room for `need` more bytes at the end of the output. */
@@ -302,6 +307,29 @@ static int enc_patch_count(encoder *e, size_t at, uint64_t count) {
   return enc_commit(e, grow);
 }
 
+/* A sparse table's border #t can be far beyond its entries (keys 1, 2, 4,
+ * ..., 2^40 give #t = 2^40): its array part is given up once more than
+ * this many of the slots seen so far, and more than half of them, are nil,
+ * and the table is sent as key/value pairs instead. The work wasted before
+ * that is bounded by twice the entries seen. */
+#define SPARSE_NILS_MIN 64
+
+/* Write a table header: tag, varint narr, and one byte set aside for the
+ * hash pair count. Returns the offset of that byte, or 0 on failure. */
+static size_t enc_table_header(encoder *e, lua_Unsigned narr) {
+  unsigned char *p = enc_room(e, 2 + VARINT_MAX);
+  if (!p) {
+    enc_oom(e);
+    return 0;
+  }
+  p[0] = TAG_TABLE;
+  size_t n = 1 + put_varint(p + 1, narr);
+  size_t count_at = e->out->len + n;
+  p[n++] = 0; /* hash pair count, patched at the end */
+  if (enc_commit(e, n) != 0) return 0;
+  return count_at;
+}
+
 static int enc_table(encoder *e, int idx) {
   lua_State *L = e->L;
   const void *self = lua_topointer(L, idx);
@@ -316,26 +344,31 @@ static int enc_table(encoder *e, int idx) {
     return enc_fail(e, PATH_NONE,
                     "Lua stack overflow while encoding a message");
 
+  size_t table_at = e->out->len;
   lua_Unsigned narr = lua_rawlen(L, idx);
-  unsigned char *p = enc_room(e, 2 + VARINT_MAX);
-  if (!p) return enc_oom(e);
-  p[0] = TAG_TABLE;
-  size_t n = 1 + put_varint(p + 1, narr);
-  size_t count_at = e->out->len + n;
-  p[n++] = 0; /* hash pair count, patched below */
-  if (enc_commit(e, n) != 0) return -1;
+  size_t count_at = enc_table_header(e, narr);
+  if (!count_at) return -1;
 
   e->tables[e->depth++] = self;
   int top = lua_gettop(L);
+  lua_Unsigned nils = 0;
   for (lua_Unsigned i = 1; i <= narr; i++) {
     int type = lua_rawgeti(L, idx, (lua_Integer)i);
+    if (type == LUA_TNIL && ++nils > SPARSE_NILS_MIN && nils > i / 2) {
+      /* Sparse: start again with every entry as a key/value pair. */
+      lua_settop(L, top);
+      e->out->len = table_at;
+      narr = 0;
+      count_at = enc_table_header(e, 0);
+      if (!count_at) return -1;
+      break;
+    }
     if (enc_value(e, top + 1, type) != 0) {
       path_add_index(e, i);
       return -1;
     }
     lua_settop(L, top);
   }
-
   uint64_t count = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -394,10 +427,11 @@ int codec_encode(lua_State *L, int idx, buffer *out, size_t limit) {
   e.out = out;
   e.start = out->len;
   e.limit = limit;
+  e.status = CODEC_OK;
   e.depth = 0;
   int top = lua_gettop(L);
   idx = lua_absindex(L, idx);
-  if (enc_value(&e, idx, lua_type(L, idx)) == 0) return 0;
+  if (enc_value(&e, idx, lua_type(L, idx)) == 0) return CODEC_OK;
   out->len = e.start;
   lua_settop(L, top);
   const char *path = e.path + e.path_at;
@@ -410,7 +444,7 @@ int codec_encode(lua_State *L, int idx, buffer *out, size_t limit) {
   } else {
     lua_pushstring(L, e.msg);
   }
-  return -1;
+  return e.status;
 }
 
 /* ------------------------------------------------------------------------

@@ -10,11 +10,21 @@
 /* Nested tables deeper than this are refused by both ends. */
 #define CODEC_MAX_DEPTH 128
 
+/* What codec_encode returns. */
+enum codec_status {
+  CODEC_OK = 0,
+  CODEC_UNSENDABLE = -1, /* a function, a cycle, too deep, a bad key... */
+  CODEC_TOO_BIG = -2,    /* the encoding would pass `limit` */
+  CODEC_NOMEM = -3       /* the output buffer could not grow */
+};
+
 /* Append the encoding of the value at stack index idx to out. The encoding
- * may not grow out past `limit` bytes of this value. Returns 0 on success.
- * On failure returns -1, leaves out->len as it was on entry (nothing half
- * written) and pushes an error message string onto the stack. Never raises
- * except for Lua's own memory errors. */
+ * may not grow out past `limit` bytes of this value. Returns CODEC_OK on
+ * success. On failure returns one of the other codec_status values, leaves
+ * out->len as it was on entry (nothing half written) and pushes an error
+ * message string onto the stack. Never raises except for Lua's own memory
+ * errors. The time and size of an encoding follow the entries a table
+ * really has, never its border #t (see enc_table). */
 int codec_encode(lua_State *L, int idx, buffer *out, size_t limit);
 
 /* Decode exactly len bytes as one value. Returns 0 and pushes the value,

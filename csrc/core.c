@@ -14,5 +14,6 @@ int luaopen_cluster_core(lua_State *L) {
   channel_open(L);
   listen_open(L);
   systemd_open(L);
+  limits_open(L);
   return 1;
 }

@@ -30,15 +30,17 @@ static int l_pidfd_open(lua_State *L) {
 #endif
 }
 
-/* core.waitpid(pid) -> false (still running)
- *                    | true, code|nil, signal|nil (reaped now)
- *                    | nil, err, ENAME */
+/* core.waitpid(pid[, block]) -> false (still running)
+ *                            | true, code|nil, signal|nil (reaped now)
+ *                            | nil, err, ENAME
+ * block: wait for it to end (only for a child just sent SIGKILL). */
 static int l_waitpid(lua_State *L) {
   lua_Integer pid = luaL_checkinteger(L, 1);
   luaL_argcheck(L, pid > 0, 1, "not a process id");
+  int flags = lua_toboolean(L, 2) ? 0 : WNOHANG;
   int status;
   pid_t r;
-  do r = waitpid((pid_t)pid, &status, WNOHANG);
+  do r = waitpid((pid_t)pid, &status, flags);
   while (r < 0 && errno == EINTR);
   if (r < 0) return core_push_errno(L, "waitpid", errno);
   if (r == 0) {

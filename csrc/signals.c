@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
 
@@ -79,8 +80,53 @@ static int l_kill(lua_State *L) {
   return 1;
 }
 
+/* The handler installed for a signal, as a number that can only be
+ * compared (0 for SIG_DFL, 1 for SIG_IGN). */
+static lua_Integer handler_token(void (*h)(int)) {
+  if (h == SIG_DFL) return 0;
+  if (h == SIG_IGN) return 1;
+  return (lua_Integer)(uintptr_t)h;
+}
+
+/* core.signal_handler(sig) -> token | nil, err, ENAME */
+static int l_signal_handler(lua_State *L) {
+  int sig = check_signal(L, 1);
+  struct sigaction sa;
+  if (sigaction(sig, NULL, &sa) != 0) return core_push_errno(L, "sigaction", errno);
+  lua_pushinteger(L, handler_token(sa.sa_handler));
+  return 1;
+}
+
+/* core.default_signal(sig[, token]) -> true (now SIG_DFL) | false
+ *                                   | nil, err, ENAME
+ * With token, only when the installed handler is still that one (a
+ * function, not SIG_IGN): a handler installed since then is kept. */
+static int l_default_signal(lua_State *L) {
+  int sig = check_signal(L, 1);
+  struct sigaction sa;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Integer token = luaL_checkinteger(L, 2);
+    if (sigaction(sig, NULL, &sa) != 0) return core_push_errno(L, "sigaction", errno);
+    lua_Integer now = handler_token(sa.sa_handler);
+    if (now != token || now == 0 || now == 1) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_DFL;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(sig, &sa, NULL) != 0) return core_push_errno(L, "sigaction", errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void signals_open(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"signum", l_signum}, {"signame", l_signame}, {"kill", l_kill}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"signum", l_signum},
+                                 {"signame", l_signame},
+                                 {"kill", l_kill},
+                                 {"signal_handler", l_signal_handler},
+                                 {"default_signal", l_default_signal},
+                                 {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

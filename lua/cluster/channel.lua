@@ -1,7 +1,9 @@
 -- Wires a cluster.core channel into the luv loop: a poll handle on its fd,
 -- one prepare handle that flushes every channel with queued frames right
--- before the loop blocks (so a burst of sends becomes one write), and the
--- dispatch of received frames to the owner's callbacks.
+-- before the loop blocks (so a burst of sends becomes one write; a burst
+-- past the high-water mark also writes through as it goes, in C), the
+-- 'drain' of a backlog, and the dispatch of received frames to the
+-- owner's callbacks.
 
 local uv = require("luv")
 local core = require("cluster.core")
@@ -59,20 +61,21 @@ end
 Channel.dirty, Channel.mark_dirty, Channel.core_send = dirty, mark_dirty, core_send
 
 -- A received fd as what the sender gave: an integer, or a luv handle of
--- the same kind.
+-- the same kind. nil, err (and the fd closed) when no handle can be made.
 local function wrap_fd(kind, fd)
   if kind == FD_KIND.RAW then return fd end
-  local handle
+  local handle, err
   if kind == FD_KIND.TCP then
-    handle = uv.new_tcp()
+    handle, err = uv.new_tcp()
   elseif kind == FD_KIND.PIPE then
-    handle = uv.new_pipe(false)
+    handle, err = uv.new_pipe(false)
   else
-    handle = uv.new_udp()
+    handle, err = uv.new_udp()
   end
-  local ok, err = handle:open(fd)
+  local ok = false
+  if handle then ok, err = handle:open(fd) end
   if not ok then
-    handle:close()
+    if handle then handle:close() end
     core.close(fd)
     return nil, err
   end
@@ -98,22 +101,38 @@ function Channel.handle_fd(handle)
   return kind, fd
 end
 
--- owner.on_message(value, internal, handle), owner.on_error(err) and
--- owner.on_close() are called from the loop; on_close runs exactly once.
-function Channel.open(fd, max_message_size, owner)
+-- limits: { maxMessageSize =, sendHighWaterMark =, maxQueueSize = }.
+-- owner.on_message(value, internal, handle), owner.on_error(err),
+-- owner.on_dropped(err, internal) (a message that could not be received:
+-- its fd was lost or memory ran out; the channel goes on), owner.on_drain()
+-- and owner.on_close() are called from the loop; on_close runs exactly
+-- once. Takes fd: returns nil, err (fd closed) when no channel can be made.
+function Channel.open(fd, limits, owner)
+  local c, err = core.channel(fd, limits.maxMessageSize, limits.sendHighWaterMark, limits.maxQueueSize)
+  if not c then
+    core.close(fd)
+    return nil, err
+  end
+  local poll
+  poll, err = uv.new_poll(c:fileno())
+  if not poll then
+    c:close()
+    return nil, err
+  end
   local self = setmetatable({
-    core = core.channel(fd, max_message_size),
+    core = c,
     owner = owner,
+    poll = poll,
+    drain_at = nil, -- written total at which 'drain' is due
     callbacks = nil, -- FIFO [cb_head..cb_tail] of { end_offset, cb }
     cb_head = 1,
     cb_tail = 0,
     open = true, -- neither closing nor closed: sends are taken
     closed = false,
     closing = false,
-    writing = false, -- poll also watches for writability
+    writing = false, -- the poll also wakes for writability
   }, Channel)
-  self.poll = uv.new_poll(fd)
-  self.poll:start("r", function(err, events) self:_on_poll(err, events) end)
+  poll:start("r", function(perr) self:_on_poll(perr) end)
   return self
 end
 
@@ -121,13 +140,24 @@ function Channel:is_open()
   return self.open
 end
 
--- Queue one value; raises when it cannot be sent. false when closed.
-function Channel:send(value, internal, kind, fd, cb)
+local CLOSED = "EPIPE: the channel is closed"
+
+-- Queue one value. true: queued; false: queued behind a backlog over the
+-- high-water mark ('drain' follows); nil, err: not queued (closed, queue
+-- full, out of descriptors or memory), and cb gets err too. Raises only
+-- when the value cannot be sent. With `take`, fd becomes the channel's
+-- once queued (see core send).
+function Channel:send(value, internal, kind, fd, cb, take)
   if not self.open then
-    if cb then defer.call(function() call_protected("a send callback", cb, "channel closed") end) end
-    return false
+    if cb then defer.call(function() call_protected("a send callback", cb, CLOSED) end) end
+    return nil, CLOSED
   end
-  local end_offset = core_send(self.core, value, internal, kind, fd)
+  local end_offset, above = core_send(self.core, value, internal, kind, fd, take)
+  if not dirty[self] then mark_dirty(self) end -- also to notice a failed write
+  if not end_offset then
+    if cb then defer.call(function() call_protected("a send callback", cb, above) end) end
+    return nil, above
+  end
   if cb then
     local q = self.callbacks
     if not q then
@@ -138,15 +168,23 @@ function Channel:send(value, internal, kind, fd, cb)
     q[tail] = { end_offset, cb }
     self.cb_tail = tail
   end
-  if not dirty[self] then mark_dirty(self) end
+  if above then
+    self.drain_at = end_offset
+    return false
+  end
   return true
+end
+
+-- A send over the high-water mark that did not go through Channel:send
+-- (Worker:send's fast path): 'drain' is due once end_offset is written.
+function Channel:backlogged(end_offset)
+  self.drain_at = end_offset
 end
 
 function Channel:_watch(writing)
   if self.writing ~= writing and not self.closed then
     self.writing = writing
-    self.poll:start(writing and (self.closing and "w" or "rw") or "r",
-      function(err, events) self:_on_poll(err, events) end)
+    self.core:watch(writing)
   end
 end
 
@@ -168,6 +206,12 @@ function Channel:_flush()
     q = self.callbacks
   end
   if q and self.cb_head > self.cb_tail then self.callbacks = nil end
+  local drain_at = self.drain_at
+  if drain_at and written >= drain_at then
+    self.drain_at = nil
+    self.owner.on_drain()
+    if self.closed then return end
+  end
   if pending > 0 then
     self:_watch(true)
   elseif self.closing then
@@ -177,34 +221,49 @@ function Channel:_flush()
   end
 end
 
+-- Deliver one frame as core next() gave it (has = true or "dropped").
+function Channel:_deliver(has, value, internal, kind, fd)
+  local owner = self.owner
+  if has ~= true then return owner.on_dropped(value, internal) end
+  local handle
+  if kind then
+    local werr
+    handle, werr = wrap_fd(kind, fd)
+    if not handle then
+      return owner.on_dropped("a message was dropped: cannot open the handle sent with it: "
+        .. tostring(werr), internal)
+    end
+  end
+  owner.on_message(value, internal, handle)
+end
+
 -- Frames read while a request() waited for its reply are dispatched
 -- first, in the order they came.
 function Channel:_dispatch_held()
   local held = self.held
   self.held = nil
-  local on_message = self.owner.on_message
   for i = 1, #held do
     local f = held[i]
-    local handle = f[4] and wrap_fd(f[3], f[4]) or nil
-    on_message(f[1], f[2], handle)
+    self:_deliver(f[1], f[2], f[3], f[4], f[5])
     if not self.open then
-      for j = i + 1, #held do if held[j][4] then core.close(held[j][4]) end end
+      for j = i + 1, #held do if held[j][5] then core.close(held[j][5]) end end
       return
     end
   end
 end
 
--- Send an internal request and block (outside the loop) until the peer's
--- reply with the same `seq` arrives: a worker's bind must answer before it
--- returns. Other frames that arrive meanwhile are held for the loop.
--- Returns reply, fd | nil, err.
-function Channel:request(message, timeout_ms)
+-- Send an internal message and block (outside the loop) until the frame
+-- for which is_reply(value, internal) is true arrives: a worker's bind
+-- must answer before it returns. Other frames that arrive meanwhile are
+-- held for the loop. Returns reply, fd | nil, err.
+function Channel:request(message, is_reply, timeout_ms)
   if not self.open then return nil, "channel closed" end
   local ch = self.core
-  core_send(ch, message, true)
+  local queued, err = core_send(ch, message, true)
+  if not queued then return nil, err end
   while true do
-    local written, pending, code = ch:flush()
-    if not written then return nil, pending, code end
+    local written, pending = ch:flush()
+    if not written then return nil, pending end
     if pending == 0 then break end
     if not ch:wait("w", timeout_ms) then return nil, "timed out writing to the master" end
   end
@@ -213,31 +272,29 @@ function Channel:request(message, timeout_ms)
     if has == nil then
       self:_fail(value, "EPROTO")
       return nil, value
+    elseif has == "dropped" and is_reply(kind, internal) then
+      return nil, value -- kind: the value of the dropped frame
+    elseif has == true and is_reply(value, internal) then
+      -- What it read past the reply waits for the loop (no poll event
+      -- will come for bytes already read).
+      self.held = self.held or {}
+      defer.call(function() if self.open and self.held then self:_read(1) end end)
+      return value, fd
     elseif has then
-      if internal and type(value) == "table" and value.act == "reply" and value.seq == message.seq then
-        -- What it read past the reply waits for the loop (no poll event
-        -- will come for bytes already read).
-        self.held = self.held or {}
-        defer.call(function() if self.open and self.held then self:_read(1) end end)
-        return value, fd
-      end
       local held = self.held or {}
       self.held = held
-      held[#held + 1] = { value, internal, kind, fd }
+      held[#held + 1] = { has, value, internal, kind, fd }
     else
       if not ch:wait("r", timeout_ms) then return nil, "timed out waiting for the master" end
-      local ok, err, code = ch:read()
-      if ok == nil then
+      local ok, rerr, code = ch:read()
+      if ok == nil and code ~= "ENOMEM" then
         self:close()
-        return nil, err, code
+        return nil, rerr, code
       end
     end
   end
 end
 
--- Reads and dispatches what is waiting, at most max_reads reads: a bound
--- per wake-up keeps one busy peer from starving the loop. to_eof: read
--- until the socket says EAGAIN or EOF.
 -- Dispatch the whole frames in the receive buffer; false when the
 -- channel closed on the way.
 function Channel:_parse()
@@ -245,22 +302,23 @@ function Channel:_parse()
   local on_message = owner.on_message
   while true do
     local has, value, internal, kind, fd = core_next(ch)
-    if has == false then return true end
-    if has == nil then
+    if has == true and not kind then
+      on_message(value, internal, nil)
+    elseif has == false then
+      return true
+    elseif has == nil then
       self:_fail(value, "EPROTO")
       return false
+    else
+      self:_deliver(has, value, internal, kind, fd)
     end
-    local handle
-    if kind then
-      local werr
-      handle, werr = wrap_fd(kind, fd)
-      if not handle then owner.on_error("cannot open the received handle: " .. tostring(werr)) end
-    end
-    on_message(value, internal, handle)
     if not self.open then return false end
   end
 end
 
+-- Reads and dispatches what is waiting, at most max_reads reads: a bound
+-- per wake-up keeps one busy peer from starving the loop. to_eof: read
+-- until the socket says EAGAIN or EOF.
 function Channel:_read(max_reads, to_eof)
   if self.held then
     -- A request() read ahead: first what it held, then what it left
@@ -277,6 +335,10 @@ function Channel:_read(max_reads, to_eof)
     local ok, err, code = ch:read()
     if ok == false then return end
     if ok == nil then
+      if code == "ENOMEM" then -- one message dropped; the channel goes on
+        self.owner.on_dropped(err)
+        return
+      end
       if PEER_GONE[code] then self:close() else self:_fail(err, code) end
       return
     end
@@ -285,13 +347,13 @@ function Channel:_read(max_reads, to_eof)
   end
 end
 
-function Channel:_on_poll(err, events)
+-- The poll watches the channel's epoll fd, which says "something is
+-- ready", not what: flush when waiting to write, then read.
+function Channel:_on_poll(err)
   if self.closed then return end
-  -- libuv reports POLLERR as an error (a peer that died with messages
-  -- unread): read what is left; the read then says whether it was EOF.
   if err then return self:drain() end
-  if events:find("w", 1, true) then self:_flush() end
-  if not self.closed and not self.closing and events:find("r", 1, true) then
+  if self.writing then self:_flush() end
+  if not self.closed and not self.closing then
     self:_read(4)
     -- Replies sent by the listeners go out now rather than a loop turn
     -- later: a round trip costs one pass through the loop, not two.
@@ -307,10 +369,13 @@ function Channel:drain()
   self:close()
 end
 
+-- Drop the peer: an 'error' (through the owner), then close.
 function Channel:_fail(err, code)
+  if self.closed then return end
   self.owner.on_error(err, code)
   self:close()
 end
+Channel.fail = Channel._fail
 
 -- Close once everything queued has been written.
 function Channel:finish()
@@ -333,7 +398,7 @@ function Channel:close()
   local q, head, tail = self.callbacks, self.cb_head, self.cb_tail
   self.callbacks = nil
   defer.call(function()
-    for i = head, q and tail or 0 do call_protected("a send callback", q[i][2], "channel closed") end
+    for i = head, q and tail or 0 do call_protected("a send callback", q[i][2], CLOSED) end
     self.owner.on_close()
   end)
 end

@@ -2,7 +2,9 @@
 -- leaving (graceful disconnect, kill, or the master going away).
 
 local uv = require("luv")
+local core = require("cluster.core")
 local Channel = require("cluster.channel")
+local protocol = require("cluster.protocol")
 local Worker = require("cluster.worker")
 local share = require("cluster.share_worker")
 local report_listener_error = require("cluster.emitter").report_listener_error
@@ -21,7 +23,7 @@ function ChildWorker:disconnect()
   if not self:isConnected() or self._leaving then return self end
   self._leaving = true
   self.exitedAfterDisconnect = true
-  self:_send_internal({ act = "exitedAfterDisconnect" })
+  self:_send_internal("exitedAfterDisconnect")
   local close_servers = self._close_servers
   local ch = self._channel
   if close_servers then
@@ -37,7 +39,7 @@ function ChildWorker:kill()
   self.exitedAfterDisconnect = true
   local ch = self._channel
   if ch and ch:is_open() then
-    ch:send({ act = "exitedAfterDisconnect" }, true)
+    self:_send_internal("exitedAfterDisconnect")
     ch:flush_now()
   end
   os.exit(0)
@@ -47,13 +49,33 @@ function ChildWorker:isDead()
   return false
 end
 
-function child.install(cluster, id, fd, max_size)
+function child.install(cluster, id, fd, limits, policy)
   cluster.isMaster, cluster.isPrimary, cluster.isWorker = false, false, true
-  cluster.schedulingPolicy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
+  cluster.schedulingPolicy = policy
+
+  -- lua.c turns SIGINT into an "interrupted!" error in whatever Lua code
+  -- runs next: in a worker, a luv callback, which luv reports as a crash.
+  -- As in Node, a worker without a SIGINT handler of its own just ends by
+  -- the signal. lua.c sets its handler again for the script's chunk, so it
+  -- is also reset on the loop's first turn, unless a luv signal handle has
+  -- put its own in by then.
+  local interpreter_handler = core.signal_handler("SIGINT")
+  core.default_signal("SIGINT", interpreter_handler)
+  local first_turn = uv.new_timer()
+  first_turn:start(0, 0, function()
+    first_turn:close()
+    core.default_signal("SIGINT", interpreter_handler)
+  end)
+  first_turn:unref()
 
   local worker = Worker.new(ChildWorker, id, math.tointeger(uv.os_getpid()))
   worker.state = "online"
   cluster.worker = worker
+
+  protocol.install("worker")
+  protocol.handle("disconnect", function() worker:disconnect() end)
+  -- Heartbeat: answered from the loop, so a stuck loop stays silent.
+  protocol.handle("ping", function(_, message) worker:_send_internal("pong", { seq = message.seq }) end)
 
   local owner = {}
   function owner.on_message(value, internal, handle)
@@ -66,17 +88,19 @@ function child.install(cluster, id, fd, max_size)
           if not ok then report_listener_error("message", err) end
         end
       end
-    elseif type(value) == "table" and value.act == "disconnect" then
-      worker:disconnect()
-    elseif type(value) == "table" and value.act == "newconn" then
-      share.on_newconn(value, handle)
-    elseif type(value) == "table" and value.act == "ping" then
-      -- Heartbeat: answered from the loop, so a stuck loop stays silent.
-      worker:_send_internal({ act = "pong", seq = value.seq })
+      return
     end
+    local ok, err = protocol.dispatch(worker, value, handle)
+    if not ok then worker._channel:fail(err) end
   end
   function owner.on_error(err)
     worker:emit("error", err)
+  end
+  function owner.on_dropped(err)
+    worker:emit("error", err)
+  end
+  function owner.on_drain()
+    worker:emit("drain")
   end
   function owner.on_close()
     worker.state = "disconnected"
@@ -85,18 +109,20 @@ function child.install(cluster, id, fd, max_size)
     if not worker.exitedAfterDisconnect then os.exit(0) end
   end
 
-  worker._channel = Channel.open(fd, max_size, owner)
+  local channel, err = Channel.open(fd, limits, owner)
+  if not channel then error("cluster: cannot open the channel to the master: " .. tostring(err)) end
+  worker._channel = channel
   share.install(cluster, worker)
 
   -- For workers that do not listen: tell a supervisor this one is ready.
   function cluster.ready()
-    worker:_send_internal({ act = "ready" })
+    worker:_send_internal("ready")
     -- At once, like 'online': the script may block right after.
     worker._channel:flush_now()
   end
   -- Written at once, without the loop: the master learns Lua is running
   -- even if the script never runs the loop.
-  worker._channel:send({ act = "online" }, true)
+  worker:_send_internal("online")
   worker._channel:flush_now()
 end
 

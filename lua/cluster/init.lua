@@ -4,8 +4,9 @@
 --   if cluster.isMaster then cluster.fork() else ... end
 --
 -- The role comes from the environment: a worker is started with
--- LUA_CLUSTER_WORKER_ID and LUA_CLUSTER_FD set, and removes them here so
--- a process it starts is not taken for a worker.
+-- LUA_CLUSTER_WORKER_ID and LUA_CLUSTER_FD set, and removes them (and
+-- every other LUA_CLUSTER_* variable) here so a process it starts is not
+-- taken for a worker and inherits nothing of the cluster.
 
 local uv = require("luv")
 local Emitter = require("cluster.emitter")
@@ -13,15 +14,24 @@ local settings = require("cluster.settings")
 
 local cluster = setmetatable(Emitter.new({}), { __index = Emitter })
 
-local id = os.getenv("LUA_CLUSTER_WORKER_ID")
-local fd = os.getenv("LUA_CLUSTER_FD")
+local function env_integer(name)
+  return math.tointeger(tonumber(os.getenv(name) or ""))
+end
+
+local id = env_integer("LUA_CLUSTER_WORKER_ID")
+local fd = env_integer("LUA_CLUSTER_FD")
 if id and fd then
-  local max = math.tointeger(tonumber(os.getenv("LUA_CLUSTER_MAX_MESSAGE_SIZE")))
-  uv.os_unsetenv("LUA_CLUSTER_WORKER_ID")
-  uv.os_unsetenv("LUA_CLUSTER_FD")
-  uv.os_unsetenv("LUA_CLUSTER_MAX_MESSAGE_SIZE")
-  require("cluster.child").install(cluster, math.tointeger(tonumber(id)), math.tointeger(tonumber(fd)),
-    max or settings.DEFAULT_MAX_MESSAGE_SIZE)
+  local limits = {
+    maxMessageSize = env_integer("LUA_CLUSTER_MAX_MESSAGE_SIZE") or settings.DEFAULT_MAX_MESSAGE_SIZE,
+    sendHighWaterMark = env_integer("LUA_CLUSTER_SEND_HIGH_WATER_MARK") or settings.DEFAULT_SEND_HIGH_WATER_MARK,
+    maxQueueSize = env_integer("LUA_CLUSTER_MAX_QUEUE_SIZE") or settings.DEFAULT_MAX_QUEUE_SIZE,
+  }
+  local policy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
+  -- Nothing of the cluster reaches a process this worker starts.
+  for name in pairs(uv.os_environ()) do
+    if name:sub(1, 12) == "LUA_CLUSTER_" then uv.os_unsetenv(name) end
+  end
+  require("cluster.child").install(cluster, id, fd, limits, policy)
 else
   require("cluster.master").install(cluster)
 end

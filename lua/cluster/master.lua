@@ -6,6 +6,7 @@ local core = require("cluster.core")
 local Channel = require("cluster.channel")
 local Worker = require("cluster.worker")
 local defer = require("cluster.defer")
+local protocol = require("cluster.protocol")
 local settings = require("cluster.settings")
 local share = require("cluster.share_master")
 local report_listener_error = require("cluster.emitter").report_listener_error
@@ -22,7 +23,7 @@ function MasterWorker:disconnect()
   if self:isConnected() then
     self.exitedAfterDisconnect = true
     share.drain(self)
-    self:_send_internal({ act = "disconnect" })
+    self:_send_internal("disconnect")
   end
   return self
 end
@@ -41,7 +42,7 @@ end
 
 -- Heartbeat: the worker's loop answers with a 'heartbeat' event (seq).
 function MasterWorker:ping(seq)
-  return self:_send_internal({ act = "ping", seq = seq })
+  return self:_send_internal("ping", { seq = seq })
 end
 
 -- Absolute path of the running script, fixed now so a later cwd setting
@@ -53,16 +54,20 @@ local function script_path()
   return script
 end
 
--- The environment of a new worker as a list of "NAME=value".
-local function worker_env(s_env, fork_env, id, max_size, policy)
+-- The environment of a new worker as a list of "NAME=value". The worker
+-- reads the LUA_CLUSTER_* variables and removes them all (init.lua).
+local function worker_env(s, fork_env, id, policy)
   local env = uv.os_environ()
-  for k, v in pairs(s_env) do env[k] = tostring(v) end
+  for k, v in pairs(s.env) do env[k] = tostring(v) end
   if fork_env then
     for k, v in pairs(fork_env) do env[k] = tostring(v) end
   end
   env.LUA_CLUSTER_WORKER_ID = tostring(id)
   env.LUA_CLUSTER_FD = tostring(core.CHANNEL_FD)
-  env.LUA_CLUSTER_MAX_MESSAGE_SIZE = tostring(max_size)
+  -- The same limits on the worker's end of the channel.
+  env.LUA_CLUSTER_MAX_MESSAGE_SIZE = tostring(s.maxMessageSize)
+  env.LUA_CLUSTER_SEND_HIGH_WATER_MARK = tostring(s.sendHighWaterMark)
+  env.LUA_CLUSTER_MAX_QUEUE_SIZE = tostring(s.maxQueueSize)
   -- The worker's cluster.schedulingPolicy shows the master's.
   env.LUA_CLUSTER_SCHED_POLICY = policy
   local list = {}
@@ -92,8 +97,8 @@ function master.install(cluster)
   cluster.settings = {}
   cluster.schedulingPolicy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
 
+  protocol.install("master")
   share.install(cluster)
-  cluster._on_internal = share.on_internal
 
   local script = script_path()
   local configured = false
@@ -193,6 +198,26 @@ function master.install(cluster)
     reap_waiting() -- it may have ended before the handle was started
   end
 
+  -- The protocol's kinds that the master role handles here (port sharing
+  -- handles its own in share_master).
+  protocol.handle("online", function(worker)
+    if worker.state ~= "none" then return end
+    worker.state = "online"
+    worker:emit("online")
+    cluster:emit("online", worker)
+  end)
+  protocol.handle("exitedAfterDisconnect", function(worker)
+    worker.exitedAfterDisconnect = true
+  end)
+  protocol.handle("pong", function(worker, message)
+    worker.lastHeartbeat = uv.now()
+    worker:emit("heartbeat", message.seq)
+  end)
+  protocol.handle("ready", function(worker)
+    worker:emit("ready")
+    cluster:emit("ready", worker)
+  end)
+
   local function channel_owner(worker)
     local owner = {}
     function owner.on_message(value, internal, handle)
@@ -200,22 +225,8 @@ function master.install(cluster)
       -- worker says.
       if defer.waiting then defer.run() end
       if internal then
-        local act = type(value) == "table" and value.act
-        if act == "online" then
-          worker.state = "online"
-          worker:emit("online")
-          cluster:emit("online", worker)
-        elseif act == "exitedAfterDisconnect" then
-          worker.exitedAfterDisconnect = true
-        elseif act == "pong" then
-          worker.lastHeartbeat = uv.now()
-          worker:emit("heartbeat", value.seq)
-        elseif act == "ready" then
-          worker:emit("ready")
-          cluster:emit("ready", worker)
-        elseif cluster._on_internal then
-          cluster._on_internal(worker, value, handle)
-        end
+        local ok, err = protocol.dispatch(worker, value, handle)
+        if not ok then worker._channel:fail(err) end
         return
       end
       -- worker:emit and cluster:emit of 'message', unrolled (hot path).
@@ -236,6 +247,13 @@ function master.install(cluster)
     end
     function owner.on_error(err)
       worker:emit("error", err)
+    end
+    function owner.on_dropped(err)
+      worker:emit("error", err)
+    end
+    function owner.on_drain()
+      worker:emit("drain")
+      cluster:emit("drain", worker)
     end
     function owner.on_close()
       on_disconnect(worker)
@@ -269,19 +287,28 @@ function master.install(cluster)
 
     local pid, chfd, outfd, errfd = core.spawn({
       path = s.lua, script = s.exec, argv = argv, cwd = s.cwd, uid = s.uid, gid = s.gid,
-      silent = s.silent, detached = s.detached, env = worker_env(s.env, env, id, s.maxMessageSize, policy),
+      silent = s.silent, detached = s.detached, env = worker_env(s, env, id, policy),
     })
     if not pid then error("cluster.fork: " .. chfd, 2) end
     next_id = id + 1
 
     local worker = Worker.new(MasterWorker, id, pid)
+    local channel, err = Channel.open(chfd, s, channel_owner(worker))
+    if not channel then
+      -- No way to talk to it (out of memory or epoll watches): it must not
+      -- live on unseen.
+      if outfd then core.close(outfd) core.close(errfd) end
+      core.kill(pid, "SIGKILL")
+      core.waitpid(pid, true)
+      error("cluster.fork: cannot open the worker's channel: " .. tostring(err), 2)
+    end
+    worker._channel = channel
     if outfd then
       worker.process.stdout = uv.new_pipe(false)
       worker.process.stdout:open(outfd)
       worker.process.stderr = uv.new_pipe(false)
       worker.process.stderr:open(errfd)
     end
-    worker._channel = Channel.open(chfd, s.maxMessageSize, channel_owner(worker))
     cluster.workers[id] = worker
     defer.call(function() cluster:emit("fork", worker) end)
     -- Last: it may see the worker (or, on the SIGCHLD path, others) end.

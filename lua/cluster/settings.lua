@@ -34,6 +34,14 @@ local function is_size(v)
   return math.type(v) == "integer" and v > 0 and v <= 0xffffffff
 end
 
+local function is_byte_count(v)
+  return math.type(v) == "integer" and v >= 0 and v <= 2 ^ 53
+end
+
+local function is_queue_size(v)
+  return math.type(v) == "integer" and v > 0 and v <= 2 ^ 53
+end
+
 -- key -> { check, what the value must be }
 local schema = {
   exec = { function(v) return type(v) == "string" and v ~= "" end, "a non-empty string" },
@@ -47,9 +55,13 @@ local schema = {
   uid = { is_id, "an integer user id" },
   gid = { is_id, "an integer group id" },
   maxMessageSize = { is_size, "an integer number of bytes from 1 to 4 GiB - 1" },
+  sendHighWaterMark = { is_byte_count, "an integer number of bytes, 0 or more" },
+  maxQueueSize = { is_queue_size, "an integer number of bytes, 1 or more" },
 }
 
 settings.DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+settings.DEFAULT_SEND_HIGH_WATER_MARK = 1024 * 1024
+settings.DEFAULT_MAX_QUEUE_SIZE = 256 * 1024 * 1024
 
 local function copy(v)
   if type(v) ~= "table" then return v end
@@ -91,6 +103,8 @@ function settings.defaults(script)
     silent = false,
     detached = false,
     maxMessageSize = settings.DEFAULT_MAX_MESSAGE_SIZE,
+    sendHighWaterMark = settings.DEFAULT_SEND_HIGH_WATER_MARK,
+    maxQueueSize = settings.DEFAULT_MAX_QUEUE_SIZE,
   }
 end
 

@@ -10,15 +10,21 @@
 
 local uv = require("luv")
 local core = require("cluster.core")
+local protocol = require("cluster.protocol")
 
 local share = {}
-
-local RAW = core.FD_KIND.RAW
 
 -- "bind 127.0.0.1:80: Permission denied" -> luv's "EACCES: permission denied"
 local function errmsg(err)
   local text = tostring(err):match(".*: (.*)$") or tostring(err)
   return text:sub(1, 1):lower() .. text:sub(2)
+end
+
+-- core.listen_socket, never raising: a request it cannot use is EINVAL.
+local function listen_socket(opts)
+  local ok, fd, info, name = pcall(core.listen_socket, opts)
+  if not ok then return nil, "invalid argument (" .. tostring(fd):gsub("^.-: ", "") .. ")", "EINVAL" end
+  return fd, info, name
 end
 
 local warned_migrate = false
@@ -105,11 +111,11 @@ function share.install(cluster)
         server.turn = server.turn % n + 1
         local worker = order[server.turn]
         if ready(server, worker) then
-          local fd = queue[1]
-          -- A send that fails (channel closed) just tries the next worker.
-          if worker._channel:send({ act = "newconn", key = server.key }, true, RAW, fd) then
+          -- The channel takes the fd itself (no descriptor is spent on a
+          -- copy). A send that is refused (channel closed, queue full)
+          -- leaves it ours and tries the next worker.
+          if worker:_send_internal("newconn", { key = server.key }, queue[1], true) ~= nil then
             table.remove(queue, 1)
-            core.close(fd) -- the channel holds its own duplicate
             sent = true
             break
           end
@@ -134,9 +140,10 @@ function share.install(cluster)
     server.on_readable = function()
       local fds, _, name = core.accept(server.fd, 64)
       if not fds then
-        -- Out of fds: the connection stays queued and a level-triggered
+        -- Out of fds or memory: the connection stays in the kernel's
+        -- backlog (better than accepted and dropped) and a level-triggered
         -- poll would spin; look again a little later.
-        if name == "EMFILE" or name == "ENFILE" then
+        if name == "EMFILE" or name == "ENFILE" or name == "ENOBUFS" or name == "ENOMEM" then
           server.poll:stop()
           server.retry = server.retry or uv.new_timer()
           server.retry:start(100, 0, function()
@@ -174,7 +181,7 @@ function share.install(cluster)
       opts.reuseport, opts.listen = true, false
       warn_migrate_once()
     end
-    local fd, info, name = core.listen_socket(opts)
+    local fd, info, name = listen_socket(opts)
     if not fd then return nil, info, name end
     local server = { key = key, type = kind, policy = policy, fd = fd, address = info, holders = 0 }
     if policy == "rr" then start_rr(server) end
@@ -182,30 +189,62 @@ function share.install(cluster)
     return server
   end
 
+  local function reply_error(request, name, message)
+    return protocol.message("reply", { seq = request.seq, errname = name, errmsg = message })
+  end
+
+  -- What is wrong with a bind request, in luv's words, or nil. A worker's
+  -- luv checks its arguments' types as luv does; these are the values no
+  -- socket can be made from (and anything a broken worker may send).
+  local function invalid(request)
+    local address = request.address
+    if type(address) ~= "string" or address == "" or #address > 4096 or address:find("%z") then
+      return "address must be a non-empty string"
+    end
+    if request.type ~= "pipe" then
+      local port = request.port
+      if math.type(port) ~= "integer" or port < 0 or port > 65535 then return "port must be an integer 0..65535" end
+      local index = request.index
+      if index ~= nil and (math.type(index) ~= "integer" or index < 1) then return "bad port-0 index" end
+    end
+    local backlog = request.backlog
+    if backlog ~= nil and (math.type(backlog) ~= "integer" or backlog < 0 or backlog > 0x7fffffff) then
+      return "backlog must be an integer 0..2^31-1"
+    end
+    if request.ipv6only ~= nil and type(request.ipv6only) ~= "boolean" then return "ipv6only must be a boolean" end
+    if request.fd ~= nil and request.fd ~= true then return "bad fd flag" end
+    return nil
+  end
+
   -- A worker's bind: find or open the server, take a hold on it, and answer
   -- with the address and, except under rr, a socket for the worker.
+  -- Returns the reply, the fd to send with it, and whether that fd is the
+  -- reply's own (to be handed to the channel).
   local function serve(worker, request)
+    local bad = invalid(request)
+    if bad then return reply_error(request, "EINVAL", "invalid argument (" .. bad .. ")") end
     local kind = request.type
     local policy = cluster.schedulingPolicy
     if kind == "udp" or (request.fd and policy == "rr") then policy = "shared" end
     if kind == "pipe" and policy == "reuseport" then policy = "shared" end
-    local key = table.concat({ kind, tostring(request.address), tostring(request.port),
+    local key = table.concat({ kind, request.address, tostring(request.port),
       tostring(request.index or ""), request.fd and "fd" or "" }, ":")
     local server = servers[key]
     if not server then
       local err, name
       server, err, name = open_server(key, request, policy)
-      if not server then
-        return { act = "reply", seq = request.seq, errname = name or "EINVAL", errmsg = errmsg(err) }
-      end
+      if not server then return reply_error(request, name or "EINVAL", errmsg(err)) end
     end
     local fd
     if server.policy == "reuseport" then
       local a = server.address
       local err, name
-      fd, err, name = core.listen_socket({ type = "tcp", host = a.address, port = a.port,
+      fd, err, name = listen_socket({ type = "tcp", host = a.address, port = a.port,
         reuseport = true, backlog = request.backlog, ipv6only = request.ipv6only })
-      if not fd then return { act = "reply", seq = request.seq, errname = name, errmsg = errmsg(err) } end
+      if not fd then
+        if server.holders == 0 then close_server(server) end
+        return reply_error(request, name, errmsg(err))
+      end
     elseif server.policy == "shared" then
       fd = server.fd
     end
@@ -214,8 +253,8 @@ function share.install(cluster)
     held[worker] = mine
     mine[key] = (mine[key] or 0) + 1
     if server.order then server.order[#server.order + 1] = worker end
-    return { act = "reply", seq = request.seq, key = key, policy = server.policy, address = server.address },
-      fd, server.policy == "reuseport"
+    return protocol.message("reply", { seq = request.seq, key = key, policy = server.policy,
+      address = server.address }), fd, server.policy == "reuseport"
   end
 
   -- One hold on `key` by `worker` is gone.
@@ -237,34 +276,43 @@ function share.install(cluster)
     if server.holders == 0 then close_server(server) end
   end
 
-  -- Internal messages of the sharing protocol from a worker.
-  function share.on_internal(worker, message, handle)
-    local act = message.act
-    if act == "serve" then
-      local reply, fd, owned = serve(worker, message)
-      worker._channel:send(reply, true, fd and RAW or nil, fd)
-      if owned then core.close(fd) end
-    elseif act == "listening" then
-      local server = servers[message.key]
-      if server and server.listening then
-        server.listening[worker] = true
-        if #server.queue > 0 or server.paused then dispatch(server) end
-      end
-      worker.state = "listening"
-      worker:emit("listening", message.address)
-      cluster:emit("listening", worker, message.address)
-    elseif act == "close" then
-      release(worker, message.key)
-    elseif act == "handback" then
-      local server = servers[message.key]
-      if server and server.queue and math.type(handle) == "integer" then
-        table.insert(server.queue, 1, handle)
-        dispatch(server)
-      elseif math.type(handle) == "integer" then
-        core.close(handle)
+  -- The sharing protocol's kinds from a worker.
+  protocol.handle("serve", function(worker, message)
+    local reply, fd, own = serve(worker, message)
+    local queued, err = worker:_send_internal("reply", reply, fd, own)
+    if queued == nil then
+      if own then core.close(fd) end
+      if fd then
+        -- No descriptor to pass the socket (EMFILE) or no room: say so
+        -- rather than leave the worker waiting.
+        release(worker, reply.key)
+        worker:_send_internal("reply", { seq = message.seq, errname = tostring(err):match("^(%u+):") or "EIO",
+          errmsg = errmsg(err) })
       end
     end
-  end
+  end)
+  protocol.handle("listening", function(worker, message)
+    local server = servers[message.key]
+    if server and server.listening then
+      server.listening[worker] = true
+      if #server.queue > 0 or server.paused then dispatch(server) end
+    end
+    worker.state = "listening"
+    worker:emit("listening", message.address)
+    cluster:emit("listening", worker, message.address)
+  end)
+  protocol.handle("close", function(worker, message)
+    release(worker, message.key)
+  end)
+  protocol.handle("handback", function(_, message, fd)
+    local server = servers[message.key]
+    if server and server.queue then
+      table.insert(server.queue, 1, fd)
+      dispatch(server)
+    else
+      core.close(fd)
+    end
+  end)
 
   -- The worker will not take new connections (it is disconnecting).
   function share.drain(worker)
@@ -285,7 +333,7 @@ function share.install(cluster)
   function cluster.listenfd(host, port, backlog)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
     if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
-    local fd, info, name = core.listen_socket({ type = "tcp", host = host, port = port, backlog = backlog,
+    local fd, info, name = listen_socket({ type = "tcp", host = host, port = port, backlog = backlog,
       reuseport = cluster.schedulingPolicy == "reuseport" })
     if not fd then return nil, name .. ": " .. errmsg(info), name end
     cluster:emit("listening", nil, info)

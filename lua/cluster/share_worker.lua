@@ -12,6 +12,7 @@
 local uv = require("luv")
 local core = require("cluster.core")
 local defer = require("cluster.defer")
+local protocol = require("cluster.protocol")
 local call_protected = require("cluster.emitter").call_protected
 
 local share = {}
@@ -44,14 +45,35 @@ function share.install(cluster, worker)
   --             pending = { fds }, cb = listen callback, error = {name, msg} }
   local servers = {}
   local port0_count = {} -- "type:address" -> port-0 binds so far
-  local seq = 0
 
   local function ask(request)
-    seq = seq + 1
-    request.act, request.seq = "serve", seq
-    local reply, fd = worker._channel:request(request, REQUEST_TIMEOUT_MS)
+    local reply, fd = protocol.request(worker._channel, "serve", request, REQUEST_TIMEOUT_MS)
     if not reply then return nil, nil, fd end
     return reply, fd
+  end
+
+  -- luv's own argument checks, which a bind gets before the master sees it
+  -- (the master checks the values: a port out of range is EINVAL).
+  local function check_handle(handle, kind, fname)
+    local ok, t = pcall(uv.handle_get_type, handle)
+    if not ok or t ~= kind then
+      error(("bad argument #1 to '%s' (uv_%s expected, got %s)"):format(fname, kind,
+        ok and "uv_" .. tostring(t) or type(handle)), 3)
+    end
+  end
+  local function check_string(v, n, fname)
+    if type(v) == "number" then return tostring(v) end
+    if type(v) ~= "string" then
+      error(("bad argument #%d to '%s' (string expected, got %s)"):format(n, fname, type(v)), 3)
+    end
+    return v
+  end
+  local function check_integer(v, n, fname)
+    local i = (type(v) == "number" or type(v) == "string") and math.tointeger(tonumber(v))
+    if i then return i end
+    local why = type(v) == "number" and "number has no integer representation"
+      or ("number expected, got " .. type(v))
+    error(("bad argument #%d to '%s' (%s)"):format(n, fname, why), 3)
   end
 
   -- The n-th port-0 bind of this worker on an address: the master gives
@@ -67,7 +89,7 @@ function share.install(cluster, worker)
   local function announce(server)
     if server.announced then return end
     server.announced = true
-    worker:_send_internal({ act = "listening", key = server.key, address = server.address })
+    worker:_send_internal("listening", { key = server.key, address = server.address })
     defer.call(function() worker:emit("listening", server.address) end)
   end
 
@@ -93,7 +115,7 @@ function share.install(cluster, worker)
       local ok, oerr, oname = open(handle, fd)
       if not ok then
         core.close(fd)
-        worker:_send_internal({ act = "close", key = reply.key })
+        worker:_send_internal("close", { key = reply.key })
         return nil, oerr, oname
       end
     else
@@ -105,14 +127,22 @@ function share.install(cluster, worker)
   end
 
   local function tcp_bind(handle, host, port, flags)
+    check_handle(handle, "tcp", "tcp_bind")
+    host = check_string(host, 2, "tcp_bind")
+    port = check_integer(port, 3, "tcp_bind")
     return shared_bind("tcp", handle, host, port, flags)
   end
   local function pipe_bind(handle, path)
+    check_handle(handle, "pipe", "pipe_bind")
+    path = check_string(path, 2, "pipe_bind")
     -- The master binds in its own cwd: a relative path is the worker's.
-    if type(path) == "string" and path:sub(1, 1) ~= "/" and path ~= "" then path = uv.cwd() .. "/" .. path end
+    if path:sub(1, 1) ~= "/" and path ~= "" then path = uv.cwd() .. "/" .. path end
     return shared_bind("pipe", handle, path)
   end
   local function udp_bind(handle, host, port, flags)
+    check_handle(handle, "udp", "udp_bind")
+    host = check_string(host, 2, "udp_bind")
+    port = check_integer(port, 3, "udp_bind")
     return shared_bind("udp", handle, host, port, flags)
   end
 
@@ -151,10 +181,9 @@ function share.install(cluster, worker)
     if not server then return end
     servers[handle] = nil
     if not server.key then return end
-    worker:_send_internal({ act = "close", key = server.key })
+    worker:_send_internal("close", { key = server.key })
     for _, fd in ipairs(server.pending or {}) do
-      worker._channel:send({ act = "handback", key = server.key }, true, core.FD_KIND.RAW, fd)
-      core.close(fd)
+      if worker:_send_internal("handback", { key = server.key }, fd, true) == nil then core.close(fd) end
     end
   end
 
@@ -163,19 +192,25 @@ function share.install(cluster, worker)
     return orig.close(handle, cb)
   end
 
-  local function getsockname(handle)
+  -- An rr server has no socket of its own: its address is the master's.
+  -- Any other handle answers from its socket, each kind with luv's own.
+  local function rr_sockname(handle)
     local server = servers[handle]
-    if server and server.rr then
-      local a = server.address
-      if server.type == "pipe" then return a.address end
-      return { ip = a.address, port = a.port, family = a.family }
-    end
-    return (server and server.type == "pipe" and orig.pipe_getsockname or orig.tcp_getsockname)(handle)
+    if not (server and server.rr) then return nil end
+    local a = server.address
+    if server.type == "pipe" then return a.address end
+    return { ip = a.address, port = a.port, family = a.family }
+  end
+  local function tcp_getsockname(handle)
+    return rr_sockname(handle) or orig.tcp_getsockname(handle)
+  end
+  local function pipe_getsockname(handle)
+    return rr_sockname(handle) or orig.pipe_getsockname(handle)
   end
 
   -- A connection from the master for an rr server.
-  function share.on_newconn(message, fd)
-    for handle, server in pairs(servers) do
+  protocol.handle("newconn", function(_, message, fd)
+    for _, server in pairs(servers) do
       if server.key == message.key and server.rr and server.listening then
         local pending = server.pending
         pending[#pending + 1] = fd
@@ -184,9 +219,10 @@ function share.install(cluster, worker)
       end
     end
     -- Closed meanwhile: back to the master, which gives it to another worker.
-    worker._channel:send({ act = "handback", key = message.key }, true, core.FD_KIND.RAW, fd)
-    core.close(fd)
-  end
+    if worker:_send_internal("handback", { key = message.key }, fd, true) == nil then core.close(fd) end
+  end)
+  -- A reply that came after its request gave up waiting.
+  protocol.handle("reply", function(_, _, fd) protocol.release(fd) end)
 
   -- worker:disconnect() closes every shared server, then calls done.
   function worker._close_servers(done)
@@ -223,8 +259,8 @@ function share.install(cluster, worker)
   methods.tcp.listen, methods.pipe.listen, uv.listen = listen, listen, listen
   methods.tcp.accept, methods.pipe.accept, uv.accept = accept, accept, accept
   methods.tcp.close, methods.pipe.close, methods.udp.close, uv.close = close, close, close, close
-  methods.tcp.getsockname, uv.tcp_getsockname = getsockname, getsockname
-  methods.pipe.getsockname, uv.pipe_getsockname = getsockname, getsockname
+  methods.tcp.getsockname, uv.tcp_getsockname = tcp_getsockname, tcp_getsockname
+  methods.pipe.getsockname, uv.pipe_getsockname = pipe_getsockname, pipe_getsockname
 end
 
 return share
