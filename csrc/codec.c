@@ -572,8 +572,8 @@ int codec_decode(lua_State *L, const char *data, size_t len) {
     dec_fail(&d, "trailing bytes after the value", d.p);
   }
   lua_settop(L, top);
-  lua_pushfstring(L, "malformed message: %s at byte %I", d.err,
-                  (lua_Integer)d.err_at);
+  lua_pushfstring(L, "malformed message: %s at byte " COMPAT_FMT_INTEGER, d.err,
+                  COMPAT_ARG_INTEGER(d.err_at));
   return -1;
 }
 
