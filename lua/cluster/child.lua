@@ -6,6 +6,8 @@ local Channel = require("cluster.channel")
 local Worker = require("cluster.worker")
 local share = require("cluster.share_worker")
 local report_listener_error = require("cluster.emitter").report_listener_error
+local compat = require("cluster.compat")
+local xpcall = compat.xpcall
 
 local traceback = debug.traceback
 
@@ -51,7 +53,7 @@ function child.install(cluster, id, fd, max_size)
   cluster.isMaster, cluster.isPrimary, cluster.isWorker = false, false, true
   cluster.schedulingPolicy = os.getenv("LUA_CLUSTER_SCHED_POLICY") or "rr"
 
-  local worker = Worker.new(ChildWorker, id, math.tointeger(uv.os_getpid()))
+  local worker = Worker.new(ChildWorker, id, compat.tointeger(uv.os_getpid()))
   worker.state = "online"
   cluster.worker = worker
 

@@ -10,17 +10,18 @@
 local uv = require("luv")
 local Emitter = require("cluster.emitter")
 local settings = require("cluster.settings")
+local compat = require("cluster.compat")
 
 local cluster = setmetatable(Emitter.new({}), { __index = Emitter })
 
 local id = os.getenv("LUA_CLUSTER_WORKER_ID")
 local fd = os.getenv("LUA_CLUSTER_FD")
 if id and fd then
-  local max = math.tointeger(tonumber(os.getenv("LUA_CLUSTER_MAX_MESSAGE_SIZE")))
+  local max = compat.tointeger(tonumber(os.getenv("LUA_CLUSTER_MAX_MESSAGE_SIZE")))
   uv.os_unsetenv("LUA_CLUSTER_WORKER_ID")
   uv.os_unsetenv("LUA_CLUSTER_FD")
   uv.os_unsetenv("LUA_CLUSTER_MAX_MESSAGE_SIZE")
-  require("cluster.child").install(cluster, math.tointeger(tonumber(id)), math.tointeger(tonumber(fd)),
+  require("cluster.child").install(cluster, compat.tointeger(tonumber(id)), compat.tointeger(tonumber(fd)),
     max or settings.DEFAULT_MAX_MESSAGE_SIZE)
 else
   require("cluster.master").install(cluster)

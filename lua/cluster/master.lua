@@ -9,6 +9,7 @@ local defer = require("cluster.defer")
 local settings = require("cluster.settings")
 local share = require("cluster.share_master")
 local report_listener_error = require("cluster.emitter").report_listener_error
+local xpcall = require("cluster.compat").xpcall
 
 local traceback = debug.traceback
 

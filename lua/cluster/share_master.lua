@@ -10,6 +10,7 @@
 
 local uv = require("luv")
 local core = require("cluster.core")
+local compat = require("cluster.compat")
 
 local share = {}
 
@@ -26,7 +27,7 @@ local function warn_migrate_once()
   if warned_migrate then return end
   warned_migrate = true
   local f = io.open("/proc/sys/net/ipv4/tcp_migrate_req")
-  local value = f and f:read("l")
+  local value = f and f:read("*l")
   if f then f:close() end
   if value == "0" then
     io.stderr:write("cluster: reuseport with net.ipv4.tcp_migrate_req = 0: connections queued on a ",
@@ -39,9 +40,9 @@ end
 -- removed so that workers do not take them for theirs.
 local function inherited_sockets()
   local found = {}
-  local n = math.tointeger(tonumber(os.getenv("LISTEN_FDS") or ""))
-  local pid = math.tointeger(tonumber(os.getenv("LISTEN_PID") or ""))
-  if n and pid == math.tointeger(uv.os_getpid()) then
+  local n = compat.tointeger(tonumber(os.getenv("LISTEN_FDS") or ""))
+  local pid = compat.tointeger(tonumber(os.getenv("LISTEN_PID") or ""))
+  if n and pid == compat.tointeger(uv.os_getpid()) then
     for fd = 3, 3 + n - 1 do
       local info = core.sockname(fd)
       local kind = info and core.socket_type(fd)
@@ -257,10 +258,10 @@ function share.install(cluster)
       release(worker, message.key)
     elseif act == "handback" then
       local server = servers[message.key]
-      if server and server.queue and math.type(handle) == "integer" then
+      if server and server.queue and compat.is_integer(handle) then
         table.insert(server.queue, 1, handle)
         dispatch(server)
-      elseif math.type(handle) == "integer" then
+      elseif compat.is_integer(handle) then
         core.close(handle)
       end
     end
@@ -284,7 +285,7 @@ function share.install(cluster)
   -- cluster.listenfd in the master: a listening socket of its own.
   function cluster.listenfd(host, port, backlog)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
-    if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    if not compat.is_integer(port) or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
     local fd, info, name = core.listen_socket({ type = "tcp", host = host, port = port, backlog = backlog,
       reuseport = cluster.schedulingPolicy == "reuseport" })
     if not fd then return nil, name .. ": " .. errmsg(info), name end

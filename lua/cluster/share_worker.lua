@@ -13,6 +13,7 @@ local uv = require("luv")
 local core = require("cluster.core")
 local defer = require("cluster.defer")
 local call_protected = require("cluster.emitter").call_protected
+local compat = require("cluster.compat")
 
 local share = {}
 
@@ -206,8 +207,8 @@ function share.install(cluster, worker)
   -- cluster.listenfd(host, port[, backlog]) -> fd
   function cluster.listenfd(host, port, backlog)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
-    if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
-    if backlog ~= nil and math.type(backlog) ~= "integer" then error("bad argument 'backlog' (integer expected)", 2) end
+    if not compat.is_integer(port) or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    if backlog ~= nil and not compat.is_integer(backlog) then error("bad argument 'backlog' (integer expected)", 2) end
     local reply, fd, err = ask({ type = "tcp", address = host, port = port,
       index = port0_index("tcp", host, port), backlog = backlog, fd = true })
     if not reply then return luv_error("EIO", "no answer from the master: " .. tostring(err)) end
