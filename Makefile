@@ -37,7 +37,7 @@ RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
 TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
             luajit libluajit-5.1-dev lua-busted clang libclang-rt-14-dev valgrind
 
-.PHONY: all build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
+.PHONY: all build peer-build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
 
 all: build
 build: $(BUILD)/cluster/core.so
@@ -53,15 +53,21 @@ $(ASAN_BUILD)/cluster/core.so: $(SRCS) $(HDRS)
 	gcc -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 	    -fno-sanitize-recover=undefined $(CORE_FLAGS) -shared -o $@ $(SRCS)
 
-test: build
+# spec/15-mixed_versions runs a worker under another interpreter (LuaJIT
+# for a 5.3+ master, 5.4 otherwise): its core is built too.
+PEER_LUA = $(if $(filter lua5.3 lua5.4,$(LUA_NAME)),luajit,lua5.4)
+peer-build:
+	@$(MAKE) --no-print-directory build LUA=$(PEER_LUA) CFLAGS="$(CFLAGS)"
+
+test: build peer-build
 	$(BUSTED) --cpath="$(BUILD)/?.so" spec
 
 # The same specs with the SIGCHLD reaping path that kernels without pidfds
 # (and valgrind) take.
-test-sigchld: build
+test-sigchld: build peer-build
 	LUA_CLUSTER_REAP=sigchld $(BUSTED) --cpath="$(BUILD)/?.so" spec
 
-asan: $(ASAN_BUILD)/cluster/core.so
+asan: $(ASAN_BUILD)/cluster/core.so peer-build
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	$(BUSTED) --cpath="$(ASAN_BUILD)/?.so" spec

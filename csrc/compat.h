@@ -17,6 +17,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdint.h>
 
 #if !defined(LUA_VERSION_NUM) || LUA_VERSION_NUM < 501 || LUA_VERSION_NUM > 504
 #error "luv-cluster needs the headers of Lua 5.1, 5.2, 5.3, 5.4 or LuaJIT 2.1 (set LUA_INC)"
@@ -33,6 +34,15 @@ _Static_assert(sizeof(lua_Integer) >= 8, "luv-cluster needs a 64-bit lua_Integer
 #else
 #define COMPAT_FMT_INTEGER "%f"
 #define COMPAT_ARG_INTEGER(x) ((lua_Number)(x))
+#endif
+
+/* The largest hash part a decoded table may ask for: LuaJIT refuses more
+ * than 2^26 hash slots (raising "table overflow"), and a core built for 5.1
+ * is also loaded by LuaJIT. */
+#if LUA_VERSION_NUM < 502
+#define COMPAT_MAX_HASH_PART ((uint64_t)1 << 26)
+#else
+#define COMPAT_MAX_HASH_PART ((uint64_t)1 << 28)
 #endif
 
 /* ---- 5.3: userdata have no user values in the 5.4 sense; the core never
@@ -53,7 +63,6 @@ static inline int compat_typeerror(lua_State *L, int arg, const char *tname) {
 
 /* ---- 5.2, 5.1 and LuaJIT: numbers are doubles. */
 #if LUA_VERSION_NUM < 503
-#include <stdint.h>
 
 /* 5.2 has a 32-bit lua_Unsigned; table lengths and counts want 64. */
 typedef uint64_t compat_unsigned;
