@@ -103,10 +103,13 @@ check: deps-test
 	./.ci/suite
 
 # luv comes from Debian's lua-luv, which luarocks does not see as a rock:
-# rocks-provided.lua declares it, so nothing is downloaded.
-# luarocks' builtin build leaves its objects in the tree: remove them.
+# rocks-provided.lua declares it, so nothing is downloaded. The rock goes
+# to the tree of LUA's version; LuaJIT uses the 5.1 tree (it loads modules
+# built for 5.1). luarocks' builtin build leaves its objects in the tree:
+# remove them.
+ROCKS_LUA_VERSION = $(if $(filter luajit%,$(LUA_NAME)),5.1,$(LUA_NAME:lua%=%))
 install:
-	LUAROCKS_CONFIG=$(CURDIR)/rocks-provided.lua luarocks --lua-version 5.4 make luv-cluster-scm-1.rockspec
+	LUAROCKS_CONFIG=$(CURDIR)/rocks-provided.lua luarocks --lua-version $(ROCKS_LUA_VERSION) make luv-cluster-scm-1.rockspec
 	rm -f csrc/*.o cluster/core.so && (rmdir cluster 2>/dev/null || true)
 
 demo: deps-run install
@@ -116,9 +119,12 @@ bench: build
 	$(LUA_ENV) LUA=$(LUA) $(LUA) bench/ipc/run.lua
 
 # wrk and nginx from Debian; node is used when the machine has it.
+# The driver runs under lua5.4; the luv-cluster rows under $(LUA) and
+# again under LuaJIT (BENCH_LUAJIT=0 skips those).
 bench-http: build
+	@$(MAKE) --no-print-directory build LUA=luajit CFLAGS="$(CFLAGS)"
 	$(call apt_install,wrk nginx-light)
-	$(LUA_ENV) LUA=$(LUA) $(LUA) bench/http/run.lua
+	LUA=$(LUA) lua5.4 bench/http/run.lua
 
 clean:
 	rm -rf build
