@@ -1,8 +1,20 @@
-# luv-cluster. `make` builds the C core into build/; `make check` is the whole
-# test suite (README's test command); `make demo` runs the example server.
+# luv-cluster. `make` builds the C core into build/<lua>/; `make check` is
+# the whole test suite (README's test command); `make demo` runs the
+# example server.
+#
+# LUA picks the interpreter (lua5.1 .. lua5.4, luajit; default lua5.4):
+# `make test LUA=luajit` builds the core for it and runs the specs under
+# it. Each interpreter has its own build directory, named by what the
+# interpreter says it is (lua5.1 .. lua5.4, luajit), so builds for
+# different versions sit side by side: build/lua5.4/cluster/core.so,
+# build/luajit/cluster/core.so. LUA_INC follows LUA unless given.
 
 LUA        ?= lua5.4
-LUA_INC    ?= /usr/include/lua5.4
+LUA_NAME   := $(or $(shell $(LUA) -e 'print(jit and "luajit" or "lua" .. _VERSION:match("%d+%.%d+"))' 2>/dev/null),$(notdir $(LUA)))
+LUA_INC    ?= $(if $(filter luajit%,$(LUA_NAME)),/usr/include/luajit-2.1,/usr/include/$(LUA_NAME))
+LUA_LIB    ?= $(if $(filter luajit%,$(LUA_NAME)),luajit-5.1,$(LUA_NAME))
+BUILD       = build/$(LUA_NAME)
+ASAN_BUILD  = build/$(LUA_NAME)-asan
 CC         ?= cc
 CFLAGS     ?= -O2 -g
 WARN        = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
@@ -11,51 +23,67 @@ SRCS        = $(wildcard csrc/*.c)
 HDRS        = $(wildcard csrc/*.h)
 BUSTED      = busted --lua=$(LUA)
 FUZZ_SECONDS ?= 30
+# Modules from this checkout, for scripts run outside busted. Both names:
+# 5.2+ read LUA_PATH_5_x first, 5.1 and LuaJIT only LUA_PATH.
+LUA_ENV_SUFFIX = $(if $(filter lua5.%,$(LUA_NAME)),_$(subst .,_,$(LUA_NAME:lua%=%)))
+LUA_ENV     = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" \
+              $(if $(LUA_ENV_SUFFIX),LUA_PATH$(LUA_ENV_SUFFIX)="lua/?.lua;lua/?/init.lua;;" \
+              LUA_CPATH$(LUA_ENV_SUFFIX)="$(BUILD)/?.so;;")
 
 # Debian packages: what building and installing the rock needs, and what
-# the whole suite adds (busted, clang's libFuzzer, valgrind).
+# the whole suite adds (every supported interpreter and its headers,
+# busted, clang's libFuzzer, valgrind).
 RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
-TEST_PKGS = $(RUN_PKGS) lua-busted clang libclang-rt-14-dev valgrind
+TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
+            luajit libluajit-5.1-dev lua-busted clang libclang-rt-14-dev valgrind
 
-.PHONY: all build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
+.PHONY: all build peer-build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
 
 all: build
-build: build/cluster/core.so
+build: $(BUILD)/cluster/core.so
 
-build/cluster/core.so: $(SRCS) $(HDRS)
+$(BUILD)/cluster/core.so: $(SRCS) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(CORE_FLAGS) -shared -o $@ $(SRCS)
 
-# Sanitized copy of the core, loaded by an uninstrumented lua5.4 through
-# LD_PRELOAD of the ASan runtime (workers inherit it through the env).
-build-asan/cluster/core.so: $(SRCS) $(HDRS)
+# Sanitized copy of the core, loaded by an uninstrumented interpreter
+# through LD_PRELOAD of the ASan runtime (workers inherit it through the env).
+$(ASAN_BUILD)/cluster/core.so: $(SRCS) $(HDRS)
 	@mkdir -p $(@D)
 	gcc -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 	    -fno-sanitize-recover=undefined $(CORE_FLAGS) -shared -o $@ $(SRCS)
 
-test: build
-	$(BUSTED) spec
+# spec/15-mixed_versions runs a worker under another interpreter (LuaJIT
+# for a 5.3+ master, 5.4 otherwise): its core is built too.
+PEER_LUA = $(if $(filter lua5.3 lua5.4,$(LUA_NAME)),luajit,lua5.4)
+peer-build:
+	@$(MAKE) --no-print-directory build LUA=$(PEER_LUA) CFLAGS="$(CFLAGS)"
+
+test: build peer-build
+	$(BUSTED) --cpath="$(BUILD)/?.so" spec
 
 # The same specs with the SIGCHLD reaping path that kernels without pidfds
 # (and valgrind) take.
-test-sigchld: build
-	LUA_CLUSTER_REAP=sigchld $(BUSTED) spec
+test-sigchld: build peer-build
+	LUA_CLUSTER_REAP=sigchld $(BUSTED) --cpath="$(BUILD)/?.so" spec
 
-asan: build-asan/cluster/core.so
+asan: $(ASAN_BUILD)/cluster/core.so peer-build
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	$(BUSTED) --cpath="build-asan/?.so" spec
+	$(BUSTED) --cpath="$(ASAN_BUILD)/?.so" spec
 
 FUZZ_COMMON = csrc/codec.c csrc/frame.c csrc/buffer.c
-build/fuzz_%: fuzz/fuzz_%.c $(FUZZ_COMMON) $(HDRS)
+# The harnesses link the interpreter's own library (lua5.1 and LuaJIT
+# run the decoder's every-number-is-a-double path).
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_COMMON) $(HDRS)
 	@mkdir -p $(@D)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -I$(LUA_INC) -Icsrc \
-	    -o $@ $< $(FUZZ_COMMON) -l$(LUA)
+	    -o $@ $< $(FUZZ_COMMON) -l$(LUA_LIB)
 
-fuzz: build/fuzz_decode build/fuzz_frame
-	@mkdir -p build/corpus/decode build/corpus/frame
-	build/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/corpus/decode fuzz/seeds/decode
-	build/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/corpus/frame fuzz/seeds/frame
+fuzz: $(BUILD)/fuzz_decode $(BUILD)/fuzz_frame
+	@mkdir -p $(BUILD)/corpus/decode $(BUILD)/corpus/frame
+	$(BUILD)/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/corpus/decode fuzz/seeds/decode
+	$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/corpus/frame fuzz/seeds/frame
 
 # Install the Debian packages of a list that are missing (root and apt).
 define apt_install
@@ -75,29 +103,35 @@ check: deps-test
 	./.ci/suite
 
 # luv comes from Debian's lua-luv, which luarocks does not see as a rock:
-# rocks-provided.lua declares it, so nothing is downloaded.
-# luarocks' builtin build leaves its objects in the tree: remove them.
+# rocks-provided.lua declares it, so nothing is downloaded. The rock goes
+# to the tree of LUA's version; LuaJIT uses the 5.1 tree (it loads modules
+# built for 5.1). luarocks' builtin build leaves its objects in the tree:
+# remove them.
+ROCKS_LUA_VERSION = $(if $(filter luajit%,$(LUA_NAME)),5.1,$(LUA_NAME:lua%=%))
 install:
-	LUAROCKS_CONFIG=$(CURDIR)/rocks-provided.lua luarocks --lua-version 5.4 make luv-cluster-scm-1.rockspec
+	LUAROCKS_CONFIG=$(CURDIR)/rocks-provided.lua luarocks --lua-version $(ROCKS_LUA_VERSION) make luv-cluster-scm-1.rockspec
 	rm -f csrc/*.o cluster/core.so && (rmdir cluster 2>/dev/null || true)
 
 demo: deps-run install
 	$(LUA) examples/count_requests.lua
 
 bench: build
-	$(LUA) bench/ipc/run.lua
+	$(LUA_ENV) LUA=$(LUA) $(LUA) bench/ipc/run.lua
 
 # wrk and nginx from Debian; node is used when the machine has it.
+# The driver runs under lua5.4; the luv-cluster rows under $(LUA) and
+# again under LuaJIT (BENCH_LUAJIT=0 skips those).
 bench-http: build
+	@$(MAKE) --no-print-directory build LUA=luajit CFLAGS="$(CFLAGS)"
 	$(call apt_install,wrk nginx-light)
-	$(LUA) bench/http/run.lua
+	LUA=$(LUA) lua5.4 bench/http/run.lua
 
 clean:
-	rm -rf build build-asan
+	rm -rf build
 
 # The master side of a round trip (and the codec) under valgrind; workers
 # run natively. valgrind 3.19 does not know pidfd_open: reap by SIGCHLD.
 valgrind: build
-	LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/?.so;;" LUA_CLUSTER_REAP=sigchld \
+	$(LUA_ENV) LUA_CLUSTER_REAP=sigchld \
 	valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	    $(LUA) spec/valgrind_master.lua

@@ -15,8 +15,8 @@ serialization, fd passing, reaping); the Lua layer is the event API.
    license = "MIT",
 }
 dependencies = {
-   "lua >= 5.4",
-   -- Satisfied by Debian's lua-luv: install with --deps-mode=none (README).
+   "lua >= 5.1, < 5.5",
+   -- Debian's lua-luv is not a rock: rocks-provided.lua declares it (README).
    "luv",
 }
 build = {
@@ -25,6 +25,7 @@ build = {
       ["cluster"] = "lua/cluster/init.lua",
       ["cluster.channel"] = "lua/cluster/channel.lua",
       ["cluster.child"] = "lua/cluster/child.lua",
+      ["cluster.compat"] = "lua/cluster/compat.lua",
       ["cluster.defer"] = "lua/cluster/defer.lua",
       ["cluster.emitter"] = "lua/cluster/emitter.lua",
       ["cluster.master"] = "lua/cluster/master.lua",

@@ -585,10 +585,12 @@ static int l_next(lua_State *L) {
     if (fd >= 0) close(fd);
     if (decoded > 0) { /* the value, kept for the caller to see what was lost */
       lua_pushliteral(L, "dropped");
+      lua_insert(L, -2);
       lua_pushliteral(L, "EMFILE: a message was dropped: the file descriptor sent with it "
                          "could not be received (out of file descriptors)");
+      lua_insert(L, -2);
       lua_pushboolean(L, h.internal);
-      lua_rotate(L, -4, -1);
+      lua_insert(L, -2);
       return 4;
     }
     lua_pushliteral(L, "dropped");

@@ -14,6 +14,12 @@
  *   0x60..0xff  small integer tag - 0x80 (-32..127)
  *   other tags  malformed
  *
+ * Numbers across Lua versions: where every number is a double (5.1, 5.2,
+ * LuaJIT), one with an integral value within +-2^53 (not -0.0) is written
+ * with an integer tag, so a 5.3+ peer reads an integer; other doubles are
+ * floats. There an integer tag decodes to the nearest double. See
+ * compat.h's lua_isinteger.
+ *
  * A varint is LEB128: 7 bits per byte, least significant group first, high
  * bit set on every byte but the last; at most 10 bytes for 64 bits. Zigzag
  * maps 0,-1,1,-2.. to 0,1,2,3.. so small negative integers stay short.
@@ -516,7 +522,7 @@ static int dec_table(decoder *d, const unsigned char *at) {
   size_t room = dec_room(d);
   if (narr > room || nhash > (room - narr) / 2)
     return dec_fail(d, "table larger than the input", at);
-  if (narr > MAX_TABLE_PART || nhash > MAX_TABLE_PART)
+  if (narr > MAX_TABLE_PART || nhash > COMPAT_MAX_HASH_PART)
     return dec_fail(d, "table too large", at);
   if (!lua_checkstack(L, 4))
     return dec_fail(d, "Lua stack overflow while decoding", at);
@@ -606,8 +612,8 @@ int codec_decode(lua_State *L, const char *data, size_t len) {
     dec_fail(&d, "trailing bytes after the value", d.p);
   }
   lua_settop(L, top);
-  lua_pushfstring(L, "malformed message: %s at byte %I", d.err,
-                  (lua_Integer)d.err_at);
+  lua_pushfstring(L, "malformed message: %s at byte " COMPAT_FMT_INTEGER, d.err,
+                  COMPAT_ARG_INTEGER(d.err_at));
   return -1;
 }
 

@@ -3,7 +3,7 @@
 #ifndef CLUSTER_CODEC_H
 #define CLUSTER_CODEC_H
 
-#include <lua.h>
+#include "compat.h"
 
 #include "buffer.h"
 

@@ -3,7 +3,7 @@
 #ifndef CLUSTER_CORE_H
 #define CLUSTER_CORE_H
 
-#include <lua.h>
+#include "compat.h"
 
 /* The module's only exported symbol. */
 __attribute__((visibility("default"))) int luaopen_cluster_core(lua_State *L);

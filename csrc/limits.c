@@ -10,11 +10,11 @@
 
 #include "core.h"
 
+/* "No limit" comes out as 2^53: exact in every Lua's numbers. */
+#define UNLIMITED ((rlim_t)1 << 53)
+
 static void push_limit(lua_State *L, rlim_t v) {
-  if (v == RLIM_INFINITY || v > (rlim_t)LUA_MAXINTEGER)
-    lua_pushinteger(L, LUA_MAXINTEGER);
-  else
-    lua_pushinteger(L, (lua_Integer)v);
+  lua_pushinteger(L, (lua_Integer)(v == RLIM_INFINITY || v > UNLIMITED ? UNLIMITED : v));
 }
 
 /* core.fd_limit([soft]) -> soft, hard | nil, err, ENAME

@@ -137,7 +137,9 @@ static lua_Integer opt_integer(lua_State *L, const char *field, lua_Integer dflt
   lua_Integer v = t == LUA_TNUMBER ? lua_tointegerx(L, -1, &isint) : 0;
   if (!isint || v < min || v > max)
     luaL_argerror(L, 1,
-                  lua_pushfstring(L, "field '%s' must be an integer %I..%I", field, min, max));
+                  lua_pushfstring(L, "field '%s' must be an integer " COMPAT_FMT_INTEGER
+                                  ".." COMPAT_FMT_INTEGER, field,
+                                  COMPAT_ARG_INTEGER(min), COMPAT_ARG_INTEGER(max)));
   return v;
 }
 

@@ -2,6 +2,7 @@
 -- -worker-constructor, -fork-env).
 local helper = require("helper")
 local cluster = require("cluster")
+local compat = require("cluster.compat")
 local util = dofile(helper.fixture("lc_util"))
 
 describe("roles", function()
@@ -47,7 +48,7 @@ describe("roles", function()
     it("cluster.worker.id equals the master's worker.id", function()
       local w, r = report()
       assert.is_number(r.id)
-      assert.equal("integer", math.type(r.id))
+      assert.equal("integer", compat.type(r.id))
       assert.equal(w.id, r.id)
     end)
 

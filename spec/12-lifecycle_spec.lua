@@ -5,6 +5,7 @@
 local uv = require("luv")
 local helper = require("helper")
 local cluster = require("cluster")
+local compat = require("cluster.compat")
 local util = dofile(helper.fixture("lc_util"))
 
 local WORKER = helper.fixture("lc_worker")
@@ -56,8 +57,8 @@ describe("a worker's lifecycle", function()
   it("emits 'death' with the same arguments as 'exit'", function()
     local w
     local exit_args, death_args
-    util.on("exit", function(...) if (...) == w then exit_args = table.pack(...) end end)
-    util.on("death", function(...) if (...) == w then death_args = table.pack(...) end end)
+    util.on("exit", function(...) if (...) == w then exit_args = compat.pack(...) end end)
+    util.on("death", function(...) if (...) == w then death_args = compat.pack(...) end end)
     w = util.fork()
     assert.is_true(util.online(w))
     w:send({ cmd = "exit", code = 7 })
@@ -82,7 +83,7 @@ describe("a worker's lifecycle", function()
 
   it("has pid and process.pid set when fork returns", function()
     local w = util.fork()
-    assert.equal("integer", math.type(w.pid))
+    assert.equal("integer", compat.type(w.pid))
     assert.is_true(w.pid > 0)
     assert.equal(w.pid, w.process.pid)
     assert.is_true(helper.alive(w.pid))
@@ -92,7 +93,7 @@ describe("a worker's lifecycle", function()
   it("gives unique, increasing integer ids", function()
     local ws = { util.fork(), util.fork(), util.fork() }
     for i, w in ipairs(ws) do
-      assert.equal("integer", math.type(w.id))
+      assert.equal("integer", compat.type(w.id))
       assert.is_true(w.id >= 1)
       if i > 1 then assert.is_true(w.id > ws[i - 1].id) end
     end
@@ -138,7 +139,7 @@ describe("a worker's lifecycle", function()
     w:send({ cmd = "exit", code = 3 })
     assert.is_true(helper.wait(function() return code ~= nil end, 5000))
     assert.equal(3, code)
-    assert.equal("integer", math.type(code))
+    assert.equal("integer", compat.type(code))
     assert.is_nil(signal)
     assert.is_false(after)
   end)

@@ -5,7 +5,15 @@
 local uv = require("luv")
 local helper = require("helper")
 local cluster = require("cluster")
+local compat = require("cluster.compat")
 local util = dofile(helper.fixture("lc_util"))
+
+-- Before 5.3 every number is a double and integers end at +-2^53.
+local MAXINT = math.maxinteger or 2 ^ 53
+local MININT = math.mininteger or -2 ^ 53
+local int = compat.tointeger
+-- Lua 5.1 merges the constants 0.0 and -0.0 of one function: made at run time.
+local ZERO, NEG_ZERO = tonumber("0.0"), tonumber("-0.0")
 
 local WORKER = helper.fixture("lc_worker")
 local ECHO = helper.fixture("echo")
@@ -26,7 +34,7 @@ local function round_trip(w, values)
 end
 
 local function one(w, value)
-  local got = round_trip(w, table.pack(value))
+  local got = round_trip(w, compat.pack(value))
   assert.equal(1, got.n, "no echo")
   return got[1]
 end
@@ -97,43 +105,53 @@ describe("messages", function()
     end)
 
     it("nil and booleans round trip", function()
-      local got = round_trip(w, table.pack(nil, true, false, nil))
+      local got = round_trip(w, compat.pack(nil, true, false, nil))
       assert.same({ n = 4, nil, true, false, nil }, got)
     end)
 
     it("integers round trip and stay integers", function()
-      local values = table.pack(0, 1, -1, 255, 256, 65536, 2 ^ 31 | 0, -(2 ^ 31 | 0) - 1,
-        1 << 53, (1 << 53) + 1, math.maxinteger, math.mininteger)
+      local values = compat.pack(0, 1, -1, 255, 256, 65536, int(2 ^ 31), -int(2 ^ 31) - 1,
+        int(2 ^ 53), -int(2 ^ 53), MAXINT, MININT)
+      if compat.integers then -- integers beyond 2^53 exist from 5.3 on
+        values[values.n + 1], values.n = int(2 ^ 53) + 1, values.n + 1
+      end
       local got = round_trip(w, values)
       assert.equal(values.n, got.n)
       for i = 1, values.n do
-        assert.equal("integer", math.type(got[i]), "not an integer: " .. tostring(got[i]))
+        assert.equal("integer", compat.type(got[i]), "not an integer: " .. tostring(got[i]))
         assert.equal(values[i], got[i])
       end
     end)
 
     it("floats round trip and stay floats, including inf and -inf", function()
-      local values = table.pack(0.5, -2.25, 3.0, 1e308, -1e-308, 5e-324, math.pi, 2.0 ^ 63,
+      local values = compat.pack(0.5, -2.25, 1e308, -1e-308, 5e-324, math.pi, 2.0 ^ 63,
         math.huge, -math.huge, 0.1)
       local got = round_trip(w, values)
       assert.equal(values.n, got.n)
       for i = 1, values.n do
-        assert.equal("float", math.type(got[i]), "not a float: " .. tostring(got[i]))
+        assert.equal("float", compat.type(got[i]), "not a float: " .. tostring(got[i]))
         assert.equal(values[i], got[i])
       end
     end)
 
+    it("a float with an integral value stays a float where Lua has integers", function()
+      local v = one(w, 3.0)
+      assert.equal(3, v)
+      -- Before 5.3, 3.0 and 3 are the same number.
+      assert.equal(compat.integers and "float" or "integer", compat.type(v))
+    end)
+
     it("nan round trips as nan", function()
       local v = one(w, 0 / 0)
-      assert.equal("float", math.type(v))
+      assert.equal("float", compat.type(v))
       assert.is_true(v ~= v)
     end)
 
     it("-0.0 keeps its sign and 0.0 stays positive", function()
-      local got = round_trip(w, table.pack(-0.0, 0.0))
-      assert.equal("float", math.type(got[1]))
+      local got = round_trip(w, compat.pack(NEG_ZERO, ZERO))
+      assert.equal("float", compat.type(got[1]))
       assert.equal(-math.huge, 1 / got[1])
-      assert.equal("float", math.type(got[2]))
+      assert.equal(compat.integers and "float" or "integer", compat.type(got[2]))
       assert.equal(math.huge, 1 / got[2])
     end)
 
@@ -141,7 +159,7 @@ describe("messages", function()
       local bytes = {}
       for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
       local all = table.concat(bytes)
-      local values = table.pack("", "\0", all, all:reverse() .. all, "a\0b\0")
+      local values = compat.pack("", "\0", all, all:reverse() .. all, "a\0b\0")
       local got = round_trip(w, values)
       assert.same(values, got)
       assert.equal(256, #got[3])
@@ -152,7 +170,7 @@ describe("messages", function()
         1, "two", { 3, { 4, { 5 } } },
         [true] = "t", [false] = "f",
         [1.5] = "float key", [-7] = "negative", [0] = "zero",
-        [math.maxinteger] = "max", [math.mininteger] = "min",
+        [MAXINT] = "max", [MININT] = "min",
         [-0.5] = { [2.5] = { [false] = true } },
         name = { deeper = { deepest = "x" } },
         [""] = "empty key", ["\0\255"] = "binary key",
@@ -168,8 +186,8 @@ describe("messages", function()
     it("integer keys stay integers and float keys floats", function()
       local got = one(w, { [1] = "a", [2 ^ 53] = "big float", [-3] = "b", [0.25] = "c" })
       local kinds = {}
-      for k in pairs(got) do kinds[tostring(k)] = math.type(k) end
-      assert.same({ ["1"] = "integer", [tostring(1 << 53)] = "integer", ["-3"] = "integer",
+      for k in pairs(got) do kinds[tostring(k)] = compat.type(k) end
+      assert.same({ ["1"] = "integer", [tostring(int(2 ^ 53))] = "integer", ["-3"] = "integer",
         ["0.25"] = "float" }, kinds)
     end)
 
@@ -185,7 +203,7 @@ describe("messages", function()
     end)
 
     it("nan and -0.0 inside tables round trip", function()
-      local got = one(w, { x = 0 / 0, y = -0.0, list = { 0 / 0 } })
+      local got = one(w, { x = 0 / 0, y = NEG_ZERO, list = { 0 / 0 } })
       assert.is_true(got.x ~= got.x)
       assert.equal(-math.huge, 1 / got.y)
       assert.is_true(got.list[1] ~= got.list[1])
@@ -200,7 +218,7 @@ describe("messages", function()
 
     it("an 8 MiB string goes both ways intact", function()
       local parts = {}
-      for i = 1, 8 * 1024 * 1024 // 16 do parts[i] = ("%15d\n"):format(i) end
+      for i = 1, 8 * 1024 * 1024 / 16 do parts[i] = ("%15d\n"):format(i) end
       local big = table.concat(parts)
       assert.equal(8 * 1024 * 1024, #big)
       local got = one(w, big)
@@ -217,7 +235,7 @@ describe("messages", function()
     it("returns true and calls cb(nil) once the message is written, not during send", function()
       local w = util.fork()
       local calls = {}
-      local ok = w:send({ x = 1 }, function(...) calls[#calls + 1] = table.pack(...) end)
+      local ok = w:send({ x = 1 }, function(...) calls[#calls + 1] = compat.pack(...) end)
       assert.is_true(ok)
       assert.equal(0, #calls)
       assert.is_true(helper.wait(function() return #calls > 0 end, 5000))
@@ -257,7 +275,7 @@ describe("messages", function()
   describe("an unsendable value", function()
     local cases = {
       { "a function", function() return print end, "function" },
-      { "a coroutine", function() return coroutine.create(print) end, "coroutine" },
+      { "a coroutine", function() return coroutine.create(function() end) end, "coroutine" },
       { "a userdata (io.stdout)", function() return io.stdout end, "userdata" },
       { "a function inside a table", function() return { ok = 1, deep = { f = print } } end, "function" },
       { "a table that contains itself", function()

@@ -6,6 +6,7 @@
 local uv = require("luv")
 local helper = require("helper")
 local cluster = require("cluster")
+local compat = require("cluster.compat")
 local util = dofile(helper.fixture("sh_util"))
 
 local HOST = "127.0.0.1"
@@ -25,7 +26,7 @@ end
 local function assert_address(addr, host, port, family)
   assert.is_table(addr)
   assert.equal(host, addr.address)
-  if port then assert.equal(port, addr.port) else assert.is_true(math.type(addr.port) == "integer" and addr.port > 0) end
+  if port then assert.equal(port, addr.port) else assert.is_true(compat.type(addr.port) == "integer" and addr.port > 0) end
   assert.equal(family, addr.family)
 end
 
@@ -39,7 +40,7 @@ end
 local function read_file(path)
   local f = io.open(path)
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end

@@ -4,6 +4,7 @@
 -- Workers run spec/fixtures/sh_worker.lua.
 local uv = require("luv")
 local helper = require("helper")
+local compat = require("cluster.compat")
 local util = dofile(helper.fixture("sh_util"))
 
 local HOST = "127.0.0.1"
@@ -47,7 +48,7 @@ local function udp_all_arrive(fn_form)
     assert.equal(port, addr.port, "worker " .. i)
     assert.equal("inet", addr.family, "worker " .. i)
   end
-  assert.is_true(math.type(port) == "integer" and port > 0)
+  assert.is_true(compat.type(port) == "integer" and port > 0)
   local sender = util.track(uv.new_udp())
   local sent, send_errors = 0, {}
   for i = 1, 100 do
@@ -302,7 +303,7 @@ describe("sharing", function()
       end)
       w:send({ cmd = "fd_to_master", path = path })
       assert.is_true(helper.wait(function() return got ~= nil end, 5000), "no reply")
-      assert.equal("integer", math.type(fd))
+      assert.equal("integer", compat.type(fd))
       local content = uv.fs_read(fd, 100, 0)
       uv.fs_close(fd)
       assert.equal("sh fd contents\n", content)

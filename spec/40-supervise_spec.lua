@@ -6,6 +6,7 @@ local helper = require("helper")
 local uv = require("luv")
 local cluster = require("cluster")
 local supervise = require("cluster.supervise")
+local compat = require("cluster.compat")
 
 local tmpdir = assert(uv.fs_mkdtemp("/tmp/luv-cluster-sv-XXXXXX"))
 local version_file = tmpdir .. "/version"
@@ -71,7 +72,7 @@ end
 
 local function port_of()
   local ev = assert(find("listening"), "no worker listened")
-  return math.tointeger(tonumber(ev.address:match(":(%d+)$")))
+  return compat.tointeger(tonumber(ev.address:match(":(%d+)$")))
 end
 
 -- One request on a new connection: "ping\n" -> "<pid> <version>".
@@ -104,7 +105,7 @@ local function ask(port, keep)
 end
 
 local function pid_of(line)
-  return line and math.tointeger(tonumber(line:match("^(%d+)")))
+  return line and compat.tointeger(tonumber(line:match("^(%d+)")))
 end
 
 describe("cluster.supervise", function()

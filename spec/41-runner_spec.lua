@@ -4,6 +4,7 @@
 -- every outcome while SIGHUP fires every 200 ms.
 local helper = require("helper")
 local uv = require("luv")
+local compat = require("cluster.compat")
 
 local BIN = uv.cwd() .. "/bin/luv-cluster"
 
@@ -32,7 +33,7 @@ local run
 local function start(args, bin)
   local r = { pids = {}, seen = {} }
   r.state = helper.spawn_lua(bin or BIN, args, function(line)
-    local pid = math.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+    local pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
     if pid and not r.seen[pid] then
       r.seen[pid] = true
       r.pids[#r.pids + 1] = pid
@@ -79,7 +80,7 @@ end
 
 local function port_of(r)
   local _, line = find(r, "listening on 127%.0%.0%.1:%d+")
-  return line and math.tointeger(tonumber(line:match(":(%d+)$")))
+  return line and compat.tointeger(tonumber(line:match(":(%d+)$")))
 end
 
 -- One request on a new connection; the answer line, or nil and an error.
@@ -151,7 +152,7 @@ describe("luv-cluster (the runner)", function()
   local function run_capturing(argv)
     local out, err, res = "", "", {}
     local stdout, stderr = uv.new_pipe(false), uv.new_pipe(false)
-    local env = { "LUA_PATH_5_4=" .. package.path, "LUA_CPATH_5_4=" .. package.cpath }
+    local env = { helper.path_var .. "=" .. package.path, helper.cpath_var .. "=" .. package.cpath }
     local full = { BIN }
     for _, a in ipairs(argv) do full[#full + 1] = a end
     local handle
@@ -274,7 +275,7 @@ describe("luv-cluster (the runner)", function()
     -- only the runner.
     local function session(pid)
       local f = assert(io.open("/proc/" .. pid .. "/stat"))
-      local stat = f:read("a")
+      local stat = f:read("*a")
       f:close()
       return tonumber(stat:match("%) %a %d+ %d+ (%d+)"))
     end

@@ -15,7 +15,7 @@ local function start(args, env, fd3)
   local cmd = "exec " .. core.exe_path() .. " " .. BIN
   for _, a in ipairs(args) do cmd = cmd .. " '" .. a .. "'" end
   if fd3 then cmd = "LISTEN_PID=$$ LISTEN_FDS=1 " .. cmd end
-  local envlist = { "LUA_PATH_5_4=" .. package.path, "LUA_CPATH_5_4=" .. package.cpath }
+  local envlist = { helper.path_var .. "=" .. package.path, helper.cpath_var .. "=" .. package.cpath }
   for k, v in pairs(uv.os_environ()) do
     if not k:match("^LUA_C?PATH") then envlist[#envlist + 1] = k .. "=" .. v end
   end

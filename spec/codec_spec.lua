@@ -1,8 +1,17 @@
 -- The message codec: core.encode(value[, limit]) -> string (raises on an
 -- unsendable value) and core.decode(s) -> value | nil, err.
 local core = require("cluster.core")
+local compat = require("cluster.compat")
 
 local encode, decode = core.encode, core.decode
+
+-- Before 5.3 every number is a double and integers end at +-2^53.
+local int = compat.tointeger
+local MAXINT = math.maxinteger or 2 ^ 53
+local MININT = math.mininteger or -2 ^ 53
+local INT_BITS = compat.integers and 62 or 52 -- the largest shift below
+-- Lua 5.1 merges the constants 0.0 and -0.0 of one function: made at run time.
+local ZERO, NEG_ZERO = tonumber("0.0"), tonumber("-0.0")
 
 local function round_trip(v)
   local bytes = encode(v)
@@ -18,9 +27,9 @@ end
 local function same(a, b)
   if type(a) ~= type(b) then return false end
   if type(a) == "number" then
-    if math.type(a) ~= math.type(b) then return false end
+    if compat.type(a) ~= compat.type(b) then return false end
     if a ~= a then return b ~= b end
-    if a == 0 and math.type(a) == "float" then return 1 / a == 1 / b end
+    if a == 0 and compat.type(a) == "float" then return 1 / a == 1 / b end
     return a == b
   end
   if type(a) ~= "table" then return a == b end
@@ -48,15 +57,18 @@ local function encode_error(v, limit)
 end
 
 -- Format helpers for hand-made malformed inputs (see the top of codec.c).
+-- varint(n) for 0 <= n < 2^53, in arithmetic that every Lua has.
 local function varint(n)
   local out = {}
   repeat
-    local low = n & 0x7f
-    n = n >> 7
-    out[#out + 1] = string.char(n ~= 0 and (low | 0x80) or low)
+    local low = n % 128
+    n = (n - low) / 128
+    out[#out + 1] = string.char(n ~= 0 and low + 128 or low)
   until n == 0
   return table.concat(out)
 end
+local VARINT_2_63_MINUS_1 = string.rep("\255", 8) .. "\127"
+local NAN_BYTES = "\0\0\0\0\0\0\248\127"
 local TAG_STR, TAG_TABLE, TAG_INT, TAG_FLOAT = "\5", "\6", "\4", "\3"
 
 local function assert_malformed(bytes)
@@ -78,17 +90,16 @@ describe("codec", function()
 
     it("integers stay integers over the whole int64 range", function()
       local values = { 0, 1, -1, 31, -32, 127, 128, -33, 255, 256, 1000, -1000,
-                       math.maxinteger, math.mininteger,
-                       math.maxinteger - 1, math.mininteger + 1 }
-      for shift = 0, 62 do
-        local p = 1 << shift
+                       MAXINT, MININT, MAXINT - 1, MININT + 1 }
+      for shift = 0, INT_BITS do
+        local p = int(2 ^ shift)
         for _, v in ipairs({ p, p - 1, p + 1, -p, -p - 1, -p + 1 }) do
           values[#values + 1] = v
         end
       end
       for _, v in ipairs(values) do
         local out = round_trip(v)
-        assert.equals("integer", math.type(out))
+        assert.equals("integer", compat.type(out))
         assert.equals(v, out)
       end
     end)
@@ -97,30 +108,41 @@ describe("codec", function()
       assert.equals(1, #encode(0))
       assert.equals(1, #encode(-1))
       assert.equals(1, #encode(127))
-      assert.is_true(#encode(math.maxinteger) <= 11)
+      assert.is_true(#encode(MAXINT) <= 11)
     end)
 
-    it("floats stay floats, including integral ones", function()
-      for _, v in ipairs({ 1.5, -1.5, 2.0, 0.1, 1e308, -1e-308, 4.9e-324,
+    it("floats stay floats", function()
+      for _, v in ipairs({ 1.5, -1.5, 0.1, 1e308, -1e-308, 4.9e-324,
                            2.0 ^ 63, -(2.0 ^ 63), math.pi }) do
         local out = round_trip(v)
-        assert.equals("float", math.type(out))
+        assert.equals("float", compat.type(out))
         assert.equals(v, out)
       end
     end)
 
+    it("an integral float stays a float where Lua has integers", function()
+      local out = round_trip(2.0)
+      assert.equals(2, out)
+      if compat.integers then
+        assert.equals("float", compat.type(out))
+        assert.equals(TAG_FLOAT, encode(2.0):sub(1, 1))
+      else -- 2.0 is 2: sent as an integer, so a 5.3+ peer sees one
+        assert.equals(encode(2), encode(2.0))
+      end
+    end)
+
     it("-0.0 keeps its sign", function()
-      local out = round_trip(-0.0)
-      assert.equals("float", math.type(out))
+      local out = round_trip(NEG_ZERO)
+      assert.equals("float", compat.type(out))
       assert.equals(-math.huge, 1 / out)
-      assert.equals(math.huge, 1 / round_trip(0.0))
+      assert.equals(math.huge, 1 / round_trip(ZERO))
     end)
 
     it("inf, -inf and nan", function()
       assert.equals(math.huge, round_trip(math.huge))
       assert.equals(-math.huge, round_trip(-math.huge))
       local nan = round_trip(0 / 0)
-      assert.equals("float", math.type(nan))
+      assert.equals("float", compat.type(nan))
       assert.is_true(nan ~= nan)
     end)
 
@@ -171,7 +193,7 @@ describe("codec", function()
                   [1.5] = "float", [-0.25] = "negative float",
                   [math.huge] = "inf", [-math.huge] = "-inf",
                   [-7] = "negative", [0] = "zero",
-                  [math.maxinteger] = "max", [math.mininteger] = "min",
+                  [MAXINT] = "max", [MININT] = "min",
                   name = "string", [""] = "empty", ["\0\255"] = "binary",
                   [key_table] = "table key" }
       local out = round_trip(t)
@@ -332,8 +354,8 @@ describe("codec", function()
   end)
 
   describe("malformed input", function()
-    local samples = table.pack(
-      nil, true, false, 0, 200, -1000, math.maxinteger, math.mininteger,
+    local samples = compat.pack(
+      nil, true, false, 0, 200, -1000, MAXINT, MININT,
       1.5, 0 / 0, "", "short", string.rep("long", 50),
       { seq = 1, text = "hello world" },
       { 1, nil, 3, { a = { b = "c" } }, [true] = 2.5 })
@@ -359,11 +381,11 @@ describe("codec", function()
     end)
 
     it("rejects declared lengths and counts larger than the input", function()
-      assert_malformed(TAG_STR .. varint(1 << 40) .. "abc")
-      assert_malformed(TAG_STR .. varint(math.maxinteger) .. "abc")
+      assert_malformed(TAG_STR .. varint(2 ^ 40) .. "abc")
+      assert_malformed(TAG_STR .. VARINT_2_63_MINUS_1 .. "abc")
       assert_malformed(TAG_STR .. varint(4) .. "abc")
-      assert_malformed(TAG_TABLE .. varint(1 << 40) .. varint(0) .. "\0\0")
-      assert_malformed(TAG_TABLE .. varint(0) .. varint(1 << 40) .. "\0\0")
+      assert_malformed(TAG_TABLE .. varint(2 ^ 40) .. varint(0) .. "\0\0")
+      assert_malformed(TAG_TABLE .. varint(0) .. varint(2 ^ 40) .. "\0\0")
       assert_malformed(TAG_TABLE .. varint(3) .. varint(0) .. "\0\0")
       assert_malformed(TAG_TABLE .. varint(0) .. varint(2) .. "\1\1\2")
       -- Each element owed to an outer table needs a byte of its own.
@@ -378,13 +400,14 @@ describe("codec", function()
     end)
 
     it("accepts the largest varint", function()
-      assert.equals(math.mininteger, decode(TAG_INT .. string.rep("\255", 9) .. "\1"))
+      -- -2^63: an integer from 5.3 on, the same value as a double before.
+      assert.equals(math.mininteger or -2 ^ 63, decode(TAG_INT .. string.rep("\255", 9) .. "\1"))
     end)
 
     it("rejects nil and nan keys and nil hash values", function()
       local one_pair = TAG_TABLE .. varint(0) .. varint(1)
       assert.matches("nil table key", assert_malformed(one_pair .. "\0\1"))
-      local nan = TAG_FLOAT .. string.pack("<d", 0 / 0)
+      local nan = TAG_FLOAT .. NAN_BYTES
       assert.matches("nan table key", assert_malformed(one_pair .. nan .. "\1"))
       assert_malformed(one_pair .. "\1\0")
       -- A sane pair in the same shape decodes.
@@ -433,7 +456,7 @@ describe("codec", function()
             local at = math.random(1, #b)
             b[at] = math.random(0, 255)
           end
-          local ok, v, err = pcall(decode, string.char(table.unpack(b)))
+          local ok, v, err = pcall(decode, string.char(compat.unpack(b)))
           assert.is_true(ok, "decode raised: " .. tostring(v))
           if err ~= nil then assert.is_nil(v) end
         end
@@ -446,6 +469,35 @@ describe("codec", function()
 
     it("needs a string", function()
       assert.has_error(function() decode({}) end)
+    end)
+  end)
+  -- A master and its workers may run different Lua versions (settings.lua).
+  describe("numbers across Lua versions", function()
+    it("sends every integral number within 2^53 with the integer tag", function()
+      assert.equals("\131", encode(3))
+      assert.equals(TAG_INT, encode(int(2 ^ 53)):sub(1, 1))
+      assert.equals(TAG_INT, encode(-int(2 ^ 53)):sub(1, 1))
+      assert.equals(TAG_FLOAT, encode(NEG_ZERO):sub(1, 1))
+      assert.equals(TAG_FLOAT, encode(0.5):sub(1, 1))
+    end)
+
+    it("sends a double beyond 2^53 as a float, integral or not", function()
+      assert.equals(TAG_FLOAT, encode(2 ^ 54):sub(1, 1))
+      assert.equals(2 ^ 54, round_trip(2 ^ 54))
+    end)
+
+    it("decodes integers beyond 2^53 exactly from 5.3 on, to the nearest double before", function()
+      -- 2^53 + 1: zigzag 2^54 + 2, itself no double, so its varint by hand
+      local out = decode(TAG_INT .. "\130" .. string.rep("\128", 6) .. "\32")
+      if compat.integers then
+        assert.equals(int(2 ^ 53) + 1, out)
+        assert.equals("integer", compat.type(out))
+      else
+        assert.equals(2 ^ 53, out)
+      end
+      -- 2^63 - 1 (zigzag 2^64 - 2): 2^63 as a double
+      local max = decode(TAG_INT .. "\254" .. string.rep("\255", 8) .. "\1")
+      assert.equals(math.maxinteger or 2 ^ 63, max)
     end)
   end)
 end)

@@ -4,6 +4,7 @@
 
 local uv = require("luv")
 require("cluster")
+local compat = require("cluster.compat")
 
 local helper = {}
 
@@ -57,9 +58,15 @@ function helper.readable_copy()
   return dir, function() os.execute("rm -rf '" .. dir .. "'") end
 end
 
--- LUA_PATH_5_4 / LUA_CPATH_5_4 values that find the modules in a copy.
+-- The environment variables this interpreter reads its module paths from
+-- (LUA_PATH_5_4 ..., or LUA_PATH for 5.1 and LuaJIT).
+helper.path_var, helper.cpath_var = compat.path_var, compat.cpath_var
+
+-- Module path values (for helper.path_var/cpath_var) that find the modules
+-- in a copy.
 function helper.copy_paths(dir)
-  return dir .. "/lua/?.lua;" .. dir .. "/lua/?/init.lua;;", dir .. "/build/?.so;;"
+  return dir .. "/lua/?.lua;" .. dir .. "/lua/?/init.lua;;",
+    dir .. "/build/" .. compat.build_name .. "/?.so;;"
 end
 
 -- Number of open fds of this process.
@@ -80,7 +87,7 @@ function helper.zombies()
     if not name then break end
     if name:match("^%d+$") then
       local f = io.open("/proc/" .. name .. "/stat")
-      local stat = f and f:read("a")
+      local stat = f and f:read("*a")
       if f then f:close() end
       -- pid (comm) state ppid ...; comm may hold spaces, so match from ')'
       local state, ppid = stat and stat:match("%) (%a) (%d+)")
@@ -93,7 +100,7 @@ end
 local function proc_state(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return nil end
-  local stat = f:read("a")
+  local stat = f:read("*a")
   f:close()
   return stat:match("%) (%a) ")
 end
@@ -117,9 +124,9 @@ function helper.spawn_lua(script, args, on_line, env, opts)
   for _, a in ipairs(args or {}) do all_args[#all_args + 1] = a end
   local cpath = opts.cpath or package.cpath
   local lpath = opts.lpath or package.path
-  local envlist = { "LUA_PATH_5_4=" .. lpath, "LUA_CPATH_5_4=" .. cpath }
+  local envlist = { helper.path_var .. "=" .. lpath, helper.cpath_var .. "=" .. cpath }
   for k, v in pairs(uv.os_environ()) do
-    if k ~= "LUA_PATH_5_4" and k ~= "LUA_CPATH_5_4" then envlist[#envlist + 1] = k .. "=" .. v end
+    if k ~= helper.path_var and k ~= helper.cpath_var then envlist[#envlist + 1] = k .. "=" .. v end
   end
   for _, kv in ipairs(env or {}) do envlist[#envlist + 1] = kv end
   local buf = ""

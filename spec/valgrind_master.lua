@@ -4,6 +4,7 @@
 local uv = require("luv")
 local core = require("cluster.core")
 local cluster = require("cluster")
+local compat = require("cluster.compat")
 
 local function same(a, b)
   if type(a) ~= type(b) then return false end
@@ -14,7 +15,7 @@ local function same(a, b)
 end
 
 local values = {
-  nil, true, 0, -1, math.maxinteger, math.mininteger, 1.5, -0.0, 1 / 0, 0 / 0,
+  nil, true, 0, -1, math.maxinteger or 2 ^ 53, math.mininteger or -2 ^ 53, 1.5, -0.0, 1 / 0, 0 / 0,
   "", string.rep("\0\255", 1000), { 1, 2, nil, 4, x = { y = { z = "deep" } }, [true] = false, [2.5] = 1 },
 }
 for i = 1, #values do
@@ -35,7 +36,7 @@ local expected, received = {}, 0
 for i = 1, 1000 do expected[i] = { seq = i, text = "hello world", blob = i % 100 == 0 and string.rep("b", 70000) or nil } end
 worker:on("message", function(msg, handle)
   if msg == "fd" then
-    assert(math.type(handle) == "integer", "fd did not come back")
+    assert(compat.type(handle) == "integer", "fd did not come back")
     assert(uv.fs_read(handle, 100, 0) == "fd payload")
     uv.fs_close(handle)
     worker:disconnect()

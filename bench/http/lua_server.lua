@@ -18,7 +18,9 @@
 -- gets its answer and then the connection is closed once written.
 local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 package.path = dir .. "/../../lua/?.lua;" .. dir .. "/../../lua/?/init.lua;" .. package.path
-package.cpath = dir .. "/../../build/?.so;" .. package.cpath
+-- build/<interpreter>/ (lua5.4, luajit, ...: see the Makefile)
+package.cpath = dir .. "/../../build/" .. (rawget(_G, "jit") and "luajit" or "lua" .. _VERSION:match("%d+%.%d+"))
+  .. "/?.so;" .. package.cpath
 
 local uv = require("luv")
 local cluster = require("cluster")

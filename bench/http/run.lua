@@ -40,7 +40,7 @@ local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 if dir:sub(1, 1) ~= "/" then dir = uv.cwd() .. "/" .. dir end
 local root = dir .. "/../.."
 local lua_bin = os.getenv("LUA") or "lua5.4"
-do -- the interpreter running this script, when it can be found
+if not os.getenv("LUA") then -- the interpreter running this script, when it can be found
   local i, prog = 0, nil
   while arg[i] do prog = arg[i]; i = i - 1 end
   if prog and prog ~= "" then lua_bin = prog end
@@ -60,6 +60,13 @@ local SERVERS = {
   { key = "lua-rr", label = "luv-cluster rr", kind = "lua", env = { LUA_CLUSTER_SCHED_POLICY = "rr" } },
   { key = "lua-shared", label = "luv-cluster shared", kind = "lua", env = { LUA_CLUSTER_SCHED_POLICY = "shared" } },
   { key = "lua-reuseport", label = "luv-cluster reuseport", kind = "lua",
+    env = { LUA_CLUSTER_SCHED_POLICY = "reuseport" } },
+  -- the same three under LuaJIT (BENCH_LUAJIT=luajit by default; 0: skip)
+  { key = "jit-rr", label = "luv-cluster rr, LuaJIT", kind = "lua", jit = true,
+    env = { LUA_CLUSTER_SCHED_POLICY = "rr" } },
+  { key = "jit-shared", label = "luv-cluster shared, LuaJIT", kind = "lua", jit = true,
+    env = { LUA_CLUSTER_SCHED_POLICY = "shared" } },
+  { key = "jit-reuseport", label = "luv-cluster reuseport, LuaJIT", kind = "lua", jit = true,
     env = { LUA_CLUSTER_SCHED_POLICY = "reuseport" } },
   { key = "node-rr", label = "Node cluster net, SCHED_RR", kind = "node",
     env = { NODE_CLUSTER_SCHED_POLICY = "rr", BENCH_NODE_SERVER = "net" } },
@@ -84,10 +91,18 @@ if not have("wrk") then
   io.stderr:write("run.lua: wrk not found (apt-get install wrk)\n")
   os.exit(1)
 end
-do
-  local f = io.open(root .. "/build/cluster/core.so", "rb")
+local jit_bin = os.getenv("BENCH_LUAJIT") or "luajit"
+if jit_bin == "0" or not have(jit_bin) then jit_bin = nil end
+-- The Lua rows run under lua_bin, the LuaJIT rows under jit_bin, each
+-- with the core from its own build directory (make bench-http builds both).
+local function build_name(bin)
+  return capture(bin .. [[ -e 'io.write(jit and "luajit" or "lua" .. _VERSION:match("%d+%.%d+"))']])
+end
+for _, bin in ipairs({ lua_bin, jit_bin }) do
+  local path = root .. "/build/" .. build_name(bin) .. "/cluster/core.so"
+  local f = io.open(path, "rb")
   if f then f:close() else
-    io.stderr:write("run.lua: build/cluster/core.so is missing: run make first (or have the rock installed)\n")
+    io.stderr:write(("run.lua: %s is missing: run make build LUA=%s first\n"):format(path, bin))
   end
 end
 local only = {}
@@ -96,6 +111,8 @@ local active = {}
 for _, s in ipairs(SERVERS) do
   if next(only) and not only[s.key] then
     missing[s.key] = "not selected"
+  elseif s.jit and not jit_bin then
+    missing[s.key] = "luajit not found (or BENCH_LUAJIT=0)"
   elseif s.kind == "node" and not have_node then
     missing[s.key] = "node not found"
   elseif s.http and not NODE_HTTP then
@@ -250,7 +267,8 @@ local function start_server(s, port)
   if s.kind == "lua" then
     local env = { BENCH_PORT = tostring(port) }
     for k, v in pairs(s.env) do env[k] = v end
-    local p, err = start(lua_bin, { dir .. "/lua_server.lua", tostring(SERVER_LIFETIME) }, env_list(env))
+    local p, err = start(s.jit and jit_bin or lua_bin, { dir .. "/lua_server.lua", tostring(SERVER_LIFETIME) },
+      env_list(env))
     if not p then return nil, err end
     return { proc = p }
   elseif s.kind == "node" then
@@ -605,6 +623,23 @@ for _, s in ipairs(SERVERS) do
   ::continue::
 end
 p("")
+
+-- LuaJIT beside the Lua interpreter of the other rows, from the same runs.
+if jit_bin then
+  p("| policy, mode | " .. build_name(lua_bin) .. " req/s | LuaJIT req/s | LuaJIT / " .. build_name(lua_bin)
+    .. " | server CPU µs/req, " .. build_name(lua_bin) .. " / LuaJIT |")
+  p("|---|---:|---:|---:|---:|")
+  for _, pol in ipairs({ "rr", "shared", "reuseport" }) do
+    for _, mode in ipairs(MODES) do
+      local a, b = med("lua-" .. pol, mode.key, "rps"), med("jit-" .. pol, mode.key, "rps")
+      local ca, cb = med("lua-" .. pol, mode.key, "cpu_us"), med("jit-" .. pol, mode.key, "cpu_us")
+      p(("| %s, %s | %s | %s | %s | %s / %s |"):format(pol, mode.label, rate(a), rate(b),
+        (a and b) and ("%.2fx"):format(b / a) or "n/a",
+        ca and ("%.1f"):format(ca) or "n/a", cb and ("%.1f"):format(cb) or "n/a"))
+    end
+  end
+  p("")
+end
 
 -- Targets
 local function m(key, mode) return med(key, mode, "rps") end

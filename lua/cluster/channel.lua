@@ -9,6 +9,7 @@ local uv = require("luv")
 local core = require("cluster.core")
 local defer = require("cluster.defer")
 local call_protected = require("cluster.emitter").call_protected
+local compat = require("cluster.compat")
 
 local FD_KIND = core.FD_KIND
 -- Called directly on the hot paths, without a method lookup per message.
@@ -86,7 +87,7 @@ local HANDLE_KINDS = { tcp = FD_KIND.TCP, pipe = FD_KIND.PIPE, udp = FD_KIND.UDP
 
 -- The (kind, fd) pair for what send() was given as its handle argument.
 function Channel.handle_fd(handle)
-  if math.type(handle) == "integer" then
+  if compat.is_integer(handle) then
     if handle < 0 then error("bad argument 'handle' (negative fd)", 3) end
     return FD_KIND.RAW, handle
   end

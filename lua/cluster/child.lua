@@ -8,6 +8,8 @@ local protocol = require("cluster.protocol")
 local Worker = require("cluster.worker")
 local share = require("cluster.share_worker")
 local report_listener_error = require("cluster.emitter").report_listener_error
+local compat = require("cluster.compat")
+local xpcall = compat.xpcall
 
 local traceback = debug.traceback
 
@@ -68,7 +70,7 @@ function child.install(cluster, id, fd, limits, policy)
   end)
   first_turn:unref()
 
-  local worker = Worker.new(ChildWorker, id, math.tointeger(uv.os_getpid()))
+  local worker = Worker.new(ChildWorker, id, compat.tointeger(uv.os_getpid()))
   worker.state = "online"
   cluster.worker = worker
 

@@ -9,6 +9,9 @@
 local Emitter = {}
 Emitter.__index = Emitter
 
+local compat = require("cluster.compat")
+local xpcall = compat.xpcall
+
 local traceback = debug.traceback
 
 local function report(name, err)
@@ -44,7 +47,7 @@ function Emitter:on(name, fn)
   local old = self._events[name]
   local list = { fn }
   if old then
-    list = table.move(old, 1, #old, 1, {})
+    list = compat.move(old, 1, #old, 1, {})
     list[#list + 1] = fn
   end
   self._events[name] = list

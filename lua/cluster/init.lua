@@ -11,11 +11,12 @@
 local uv = require("luv")
 local Emitter = require("cluster.emitter")
 local settings = require("cluster.settings")
+local compat = require("cluster.compat")
 
 local cluster = setmetatable(Emitter.new({}), { __index = Emitter })
 
 local function env_integer(name)
-  return math.tointeger(tonumber(os.getenv(name) or ""))
+  return compat.tointeger(tonumber(os.getenv(name) or ""))
 end
 
 local id = env_integer("LUA_CLUSTER_WORKER_ID")

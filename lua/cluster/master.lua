@@ -10,6 +10,7 @@ local protocol = require("cluster.protocol")
 local settings = require("cluster.settings")
 local share = require("cluster.share_master")
 local report_listener_error = require("cluster.emitter").report_listener_error
+local xpcall = require("cluster.compat").xpcall
 
 local traceback = debug.traceback
 
@@ -86,9 +87,13 @@ local function absolute_paths(path)
   end))
 end
 
+-- The cpath only when the worker runs the master's kind of Lua: a C
+-- module built for another version cannot load (settings.lua may name
+-- another interpreter; that one finds cluster.core on its own cpath).
 local function bootstrap()
-  return ("package.path=%q package.cpath=%q require('cluster')"):format(
-    absolute_paths(package.path), absolute_paths(package.cpath))
+  return ("package.path=%q if (jit and 'luajit' or _VERSION)==%q then package.cpath=%q end "
+    .. "require('cluster')"):format(absolute_paths(package.path),
+    rawget(_G, "jit") and "luajit" or _VERSION, absolute_paths(package.cpath))
 end
 
 function master.install(cluster)

@@ -2,6 +2,7 @@
 -- value raises an error that names it.
 
 local core = require("cluster.core")
+local compat = require("cluster.compat")
 
 local settings = {}
 
@@ -9,7 +10,7 @@ local function is_string_list(v)
   if type(v) ~= "table" then return false end
   local n = #v
   for k, x in pairs(v) do
-    if math.type(k) ~= "integer" or k < 1 or k > n or type(x) ~= "string" then
+    if not compat.is_integer(k) or k < 1 or k > n or type(x) ~= "string" then
       return false
     end
   end
@@ -27,19 +28,19 @@ local function is_env(v)
 end
 
 local function is_id(v)
-  return math.type(v) == "integer" and v >= 0 and v <= 0x7fffffff
+  return compat.is_integer(v) and v >= 0 and v <= 0x7fffffff
 end
 
 local function is_size(v)
-  return math.type(v) == "integer" and v > 0 and v <= 0xffffffff
+  return compat.is_integer(v) and v > 0 and v <= 0xffffffff
 end
 
 local function is_byte_count(v)
-  return math.type(v) == "integer" and v >= 0 and v <= 2 ^ 53
+  return compat.is_integer(v) and v >= 0 and v <= 2 ^ 53
 end
 
 local function is_queue_size(v)
-  return math.type(v) == "integer" and v > 0 and v <= 2 ^ 53
+  return compat.is_integer(v) and v > 0 and v <= 2 ^ 53
 end
 
 -- key -> { check, what the value must be }

@@ -11,6 +11,7 @@
 local uv = require("luv")
 local core = require("cluster.core")
 local protocol = require("cluster.protocol")
+local compat = require("cluster.compat")
 
 local share = {}
 
@@ -32,7 +33,7 @@ local function warn_migrate_once()
   if warned_migrate then return end
   warned_migrate = true
   local f = io.open("/proc/sys/net/ipv4/tcp_migrate_req")
-  local value = f and f:read("l")
+  local value = f and f:read("*l")
   if f then f:close() end
   if value == "0" then
     io.stderr:write("cluster: reuseport with net.ipv4.tcp_migrate_req = 0: connections queued on a ",
@@ -45,9 +46,9 @@ end
 -- removed so that workers do not take them for theirs.
 local function inherited_sockets()
   local found = {}
-  local n = math.tointeger(tonumber(os.getenv("LISTEN_FDS") or ""))
-  local pid = math.tointeger(tonumber(os.getenv("LISTEN_PID") or ""))
-  if n and pid == math.tointeger(uv.os_getpid()) then
+  local n = compat.tointeger(tonumber(os.getenv("LISTEN_FDS") or ""))
+  local pid = compat.tointeger(tonumber(os.getenv("LISTEN_PID") or ""))
+  if n and pid == compat.tointeger(uv.os_getpid()) then
     for fd = 3, 3 + n - 1 do
       local info = core.sockname(fd)
       local kind = info and core.socket_type(fd)
@@ -203,12 +204,12 @@ function share.install(cluster)
     end
     if request.type ~= "pipe" then
       local port = request.port
-      if math.type(port) ~= "integer" or port < 0 or port > 65535 then return "port must be an integer 0..65535" end
+      if not compat.is_integer(port) or port < 0 or port > 65535 then return "port must be an integer 0..65535" end
       local index = request.index
-      if index ~= nil and (math.type(index) ~= "integer" or index < 1) then return "bad port-0 index" end
+      if index ~= nil and (not compat.is_integer(index) or index < 1) then return "bad port-0 index" end
     end
     local backlog = request.backlog
-    if backlog ~= nil and (math.type(backlog) ~= "integer" or backlog < 0 or backlog > 0x7fffffff) then
+    if backlog ~= nil and (not compat.is_integer(backlog) or backlog < 0 or backlog > 0x7fffffff) then
       return "backlog must be an integer 0..2^31-1"
     end
     if request.ipv6only ~= nil and type(request.ipv6only) ~= "boolean" then return "ipv6only must be a boolean" end
@@ -332,7 +333,7 @@ function share.install(cluster)
   -- cluster.listenfd in the master: a listening socket of its own.
   function cluster.listenfd(host, port, backlog)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
-    if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    if not compat.is_integer(port) or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
     local fd, info, name = listen_socket({ type = "tcp", host = host, port = port, backlog = backlog,
       reuseport = cluster.schedulingPolicy == "reuseport" })
     if not fd then return nil, name .. ": " .. errmsg(info), name end

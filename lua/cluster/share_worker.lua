@@ -14,6 +14,7 @@ local core = require("cluster.core")
 local defer = require("cluster.defer")
 local protocol = require("cluster.protocol")
 local call_protected = require("cluster.emitter").call_protected
+local compat = require("cluster.compat")
 
 local share = {}
 
@@ -69,7 +70,7 @@ function share.install(cluster, worker)
     return v
   end
   local function check_integer(v, n, fname)
-    local i = (type(v) == "number" or type(v) == "string") and math.tointeger(tonumber(v))
+    local i = (type(v) == "number" or type(v) == "string") and compat.tointeger(tonumber(v))
     if i then return i end
     local why = type(v) == "number" and "number has no integer representation"
       or ("number expected, got " .. type(v))
@@ -242,8 +243,8 @@ function share.install(cluster, worker)
   -- cluster.listenfd(host, port[, backlog]) -> fd
   function cluster.listenfd(host, port, backlog)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
-    if math.type(port) ~= "integer" or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
-    if backlog ~= nil and math.type(backlog) ~= "integer" then error("bad argument 'backlog' (integer expected)", 2) end
+    if not compat.is_integer(port) or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    if backlog ~= nil and not compat.is_integer(backlog) then error("bad argument 'backlog' (integer expected)", 2) end
     local reply, fd, err = ask({ type = "tcp", address = host, port = port,
       index = port0_index("tcp", host, port), backlog = backlog, fd = true })
     if not reply then return luv_error("EIO", "no answer from the master: " .. tostring(err)) end

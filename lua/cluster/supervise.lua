@@ -20,6 +20,7 @@
 local uv = require("luv")
 local cluster = require("cluster")
 local Emitter = require("cluster.emitter")
+local compat = require("cluster.compat")
 
 local supervise = {}
 
@@ -57,7 +58,7 @@ local function normalize(opts)
   if type(o.args) ~= "table" then fail("'args' must be a list of strings", 2) end
   local n = opts.workers
   if n == nil then n = uv.available_parallelism and uv.available_parallelism() or #uv.cpu_info() end
-  if math.type(n) ~= "integer" or n < 0 then
+  if not compat.is_integer(n) or n < 0 then
     fail("'workers' must be a non-negative integer (got " .. tostring(opts.workers) .. ")", 2)
   end
   o.workers = n
@@ -77,7 +78,7 @@ local function normalize(opts)
   local c = opts.crash or {}
   o.crash = { deaths = c.deaths or DEFAULTS.crash.deaths,
     window = check_ms("crash.window", c.window or DEFAULTS.crash.window, true) }
-  if math.type(o.crash.deaths) ~= "integer" or o.crash.deaths < 1 then
+  if not compat.is_integer(o.crash.deaths) or o.crash.deaths < 1 then
     fail("'crash.deaths' must be a positive integer", 2)
   end
   o.boot_timeout = check_ms("boot_timeout", opts.boot_timeout or DEFAULTS.boot_timeout)
@@ -104,7 +105,7 @@ end
 local function rss_of(pid)
   local f = io.open("/proc/" .. pid .. "/status")
   if not f then return nil end
-  local text = f:read("a")
+  local text = f:read("*a")
   f:close()
   local kb = text:match("VmRSS:%s*(%d+)")
   return kb and tonumber(kb) * 1024 or nil
@@ -596,7 +597,7 @@ function supervise.start(opts)
   end
 
   function sv:scale(n)
-    if math.type(n) ~= "integer" or n < 0 then fail("scale: a non-negative integer expected", 2) end
+    if not compat.is_integer(n) or n < 0 then fail("scale: a non-negative integer expected", 2) end
     while self:size() < n do self:add() end
     while self:size() > n do self:remove() end
     return self
