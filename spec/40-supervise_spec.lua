@@ -134,6 +134,11 @@ describe("cluster.supervise", function()
     assert.error_matches(function() supervise.start({ exec = "x", policy = "fast" }) end, "'policy'")
     assert.error_matches(function() supervise.start({ exec = "x", backoff = { factor = 0.5 } }) end, "backoff.factor")
     assert.error_matches(function() supervise.start({ exec = "x", boot_timeout = -3 }) end, "boot_timeout")
+    assert.error_matches(function() supervise.start({ exec = "x", fd_reserve = -1 }) end, "'fd_reserve'")
+    -- More workers than the fd limit leaves room for: refused before any fork.
+    local soft = require("cluster.core").fd_limit()
+    assert.error_matches(function() supervise.start({ exec = "x", workers = soft }) end,
+      soft .. " workers need more file descriptors than the limit of " .. soft)
   end)
 
   it("starts N workers that are ready once listening, and reports stats", function()

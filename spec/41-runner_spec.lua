@@ -474,3 +474,110 @@ describe("luv-cluster reload under load #load", function()
     end)
   end
 end)
+
+-- The runner near its fd limit (`ulimit -n 64`, soft and hard): it refuses
+-- worker counts the limit leaves no room for, and 300 connections held at
+-- once cost connections, never the master.
+describe("luv-cluster near its fd limit #load", function()
+  setup(make_tmp)
+  teardown(remove_tmp)
+
+  after_each(function()
+    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
+    if run then helper.wait(function() return run.state.exited end, 3000) end
+    for _, pid in ipairs(run and run.pids or {}) do
+      helper.wait(function() return not helper.alive(pid) end, 2000)
+    end
+    run = nil
+  end)
+
+  local LIMIT = 64
+
+  local function start_limited(list)
+    local r = { pids = {}, seen = {} }
+    r.state = helper.spawn_lua(BIN, args(list), function(line)
+      local pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+      if pid and not r.seen[pid] then
+        r.seen[pid] = true
+        r.pids[#r.pids + 1] = pid
+      end
+    end, nil, { fd_limit = LIMIT })
+    r.pid = r.state.pid
+    run = r
+    return r
+  end
+
+  it("refuses more workers than the limit leaves room for, at start and on SIGTTIN", function()
+    set_version("v1")
+    local r = start_limited({ "-w", "10", helper.fixture("sv_server"), "0", version_file })
+    assert.equal(2, wait_exit(r, 5000))
+    assert.equal(0, #r.pids, dump(r))
+    -- (64 - 32 reserved) / 3 per worker, less one for a reload candidate.
+    r = start_limited({ "-w", "9", helper.fixture("sv_server"), "0", version_file })
+    assert.is_true(wait_count(r, "ready after", 9, 10000), dump(r))
+    uv.kill(r.pid, "sigttin")
+    local _, line = wait_line(r, "not adding a worker")
+    assert.matches("10 workers need more file descriptors than the limit of 64 %(ulimit %-n%) leaves: room for 9",
+      line or "", 1, false)
+    local port = port_of(r)
+    assert.matches("^%d+ v1$", ask(port) or "", nil, dump(r))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000), dump(r))
+  end)
+
+  for _, policy in ipairs({ "rr", "shared" }) do
+    it("keeps serving after 300 connections held at once (" .. policy .. ")", function()
+      set_version("v1")
+      local r = start_limited({ "-w", "2", "--policy", policy, helper.fixture("sv_server"), "0", version_file })
+      assert.is_true(wait_count(r, "ready after", 2), dump(r))
+      local port = port_of(r)
+      local fds_before = fd_count(r.pid)
+
+      -- 300 clients connect, ask, and hold their connection open. Each
+      -- settles: answered, or closed by the other side (a worker out of
+      -- fds loses that connection).
+      local N = 300
+      local clients, settled, answered = {}, 0, 0
+      for i = 1, N do
+        local c = uv.new_tcp()
+        local state = {}
+        clients[i] = c
+        local function settle(how)
+          if state.how then return end
+          state.how = how
+          settled = settled + 1
+          if how == "answer" then answered = answered + 1 end
+        end
+        c:connect("127.0.0.1", port, function(err)
+          if err then return settle("connect") end
+          c:write("ping\n")
+          c:read_start(function(e, data)
+            if e or not data then return settle("closed") end
+            if data:find("\n") then settle("answer") end
+          end)
+        end)
+      end
+      -- The kernel's backlog may keep a few unaccepted while the workers
+      -- are full; most settle.
+      helper.wait(function() return settled == N end, 10000)
+      assert.is_true(helper.alive(r.pid), "the master died")
+      assert.is_true(answered > 0, "no connection was served")
+      for _, c in ipairs(clients) do if not c:is_closing() then c:close() end end
+
+      -- Fresh requests, one at a time: every one is answered.
+      local ok = 0
+      for _ = 1, 20 do
+        local line = ask(port)
+        if line and line:match("^%d+ v1$") then ok = ok + 1 end
+      end
+      print(("\n[%s, ulimit -n %d] 300 held: %d answered, %d settled; then %d/20 fresh requests answered"):format(
+        policy, LIMIT, answered, settled, ok))
+      assert.equal(20, ok, dump(r))
+      assert.is_false(r.state.exited or false, dump(r))
+      assert.is_true(helper.wait(function() return fd_count(r.pid) == fds_before end, 3000),
+        ("master fds %d -> %d"):format(fds_before, fd_count(r.pid)))
+      uv.kill(r.pid, "sigterm")
+      assert.equal(0, wait_exit(r, 5000), dump(r))
+    end)
+  end
+end)

@@ -115,7 +115,8 @@ end
 -- on_line(line). Returns the uv process handle and pid; exit is recorded
 -- in the returned state table {code=, signal=, exited=}.
 -- opts (optional): uid =, gid = for the child; lpath =, cpath = for its
--- module search paths (default: this process's).
+-- module search paths (default: this process's); fd_limit = n runs it
+-- under `ulimit -n n` (its pid is then the shell's, which execs it).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
   local stdout = uv.new_pipe(false)
@@ -131,7 +132,15 @@ function helper.spawn_lua(script, args, on_line, env, opts)
   for _, kv in ipairs(env or {}) do envlist[#envlist + 1] = kv end
   local buf = ""
   local handle, pid
-  handle, pid = uv.spawn(require("cluster.core").exe_path(), {
+  local exe = require("cluster.core").exe_path()
+  if opts.fd_limit then
+    -- Soft and hard limit both, through the shell's ulimit: the process
+    -- cannot raise it back.
+    local wrapped = { "-c", ("ulimit -n %d && exec \"$@\""):format(opts.fd_limit), "sh", exe }
+    for _, a in ipairs(all_args) do wrapped[#wrapped + 1] = a end
+    all_args, exe = wrapped, "/bin/sh"
+  end
+  handle, pid = uv.spawn(exe, {
     args = all_args, stdio = { nil, stdout, 2 }, env = envlist, uid = opts.uid, gid = opts.gid,
   }, function(code, signal)
     state.exited, state.code, state.signal = true, code, signal

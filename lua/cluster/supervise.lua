@@ -19,6 +19,7 @@
 
 local uv = require("luv")
 local cluster = require("cluster")
+local core = require("cluster.core")
 local Emitter = require("cluster.emitter")
 local compat = require("cluster.compat")
 
@@ -30,7 +31,13 @@ local DEFAULTS = {
   boot_timeout = 10000,
   heartbeat = { interval = 1000, timeout = 5000 },
   stop_timeout = 10000,
+  fd_reserve = 32,
 }
+
+-- File descriptors the master holds per worker: its channel socket, the
+-- channel's epoll fd and the process's pidfd (measured: 3), plus its
+-- stdout and stderr pipes when silent.
+local FDS_PER_WORKER, FDS_PER_SILENT_WORKER = 3, 5
 
 local POLICIES = { rr = true, shared = true, reuseport = true }
 
@@ -92,6 +99,10 @@ local function normalize(opts)
       timeout = check_ms("heartbeat.timeout", h.timeout or DEFAULTS.heartbeat.timeout),
     }
   end
+  o.fd_reserve = opts.fd_reserve or DEFAULTS.fd_reserve
+  if not compat.is_integer(o.fd_reserve) or o.fd_reserve < 0 then
+    fail("'fd_reserve' must be a non-negative integer", 2)
+  end
   if opts.on_event ~= nil and type(opts.on_event) ~= "function" then fail("'on_event' must be a function", 2) end
   o.on_event = opts.on_event
   o.setup = {}
@@ -99,6 +110,25 @@ local function normalize(opts)
     if k ~= "exec" and k ~= "args" and opts[k] ~= nil then o.setup[k] = opts[k] end
   end
   return o
+end
+
+-- How many workers the master's fd limit leaves room for: each costs
+-- FDS_PER_WORKER, one more is counted for the reload candidate or the fork
+-- in progress, and o.fd_reserve stay free for the master's own files,
+-- listeners and the connections it is handing over (rr). nil when the
+-- limit is unknown or unlimited.
+local function worker_capacity(o)
+  local soft = core.fd_limit()
+  if not soft or soft >= 2 ^ 31 then return nil, soft end
+  local per = o.setup.silent and FDS_PER_SILENT_WORKER or FDS_PER_WORKER
+  return math.max(0, math.floor((soft - o.fd_reserve) / per) - 1), soft
+end
+
+local function capacity_error(o, n)
+  local cap, soft = worker_capacity(o)
+  if not cap or n <= cap then return nil end
+  return ("%d workers need more file descriptors than the limit of %d (ulimit -n) leaves: room for %d;"
+    .. " raise the limit or run fewer workers"):format(n, soft, cap)
 end
 
 -- Resident set size of a process in bytes, or nil.
@@ -171,6 +201,8 @@ end
 
 function supervise.start(opts)
   local o = normalize(opts)
+  local too_many = capacity_error(o, o.workers)
+  if too_many then fail(too_many, 2) end
   local sv = Emitter.new(setmetatable({}, Supervisor))
   sv.options = o
   sv.slots = {}      -- index -> slot
@@ -558,8 +590,14 @@ function supervise.start(opts)
     return self
   end
 
+  -- Add a slot; nil, why when stopping or the fd limit has no room.
   function sv:add()
-    if self.state ~= "running" then return nil end
+    if self.state ~= "running" then return nil, "not running" end
+    local too_many = capacity_error(o, self:size() + 1)
+    if too_many then
+      event("scale_refused", { workers = self:size(), error = too_many })
+      return nil, too_many
+    end
     local slot = new_slot()
     event("scale", { workers = self:size(), change = 1 })
     start_slot(slot, "scale")
@@ -598,7 +636,9 @@ function supervise.start(opts)
 
   function sv:scale(n)
     if not compat.is_integer(n) or n < 0 then fail("scale: a non-negative integer expected", 2) end
-    while self:size() < n do self:add() end
+    while self:size() < n do
+      if not self:add() then break end
+    end
     while self:size() > n do self:remove() end
     return self
   end
