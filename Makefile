@@ -35,9 +35,9 @@ LUA_ENV     = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" 
 # busted, clang's libFuzzer, valgrind).
 RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
 TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
-            luajit libluajit-5.1-dev lua-busted clang libclang-rt-14-dev valgrind
+            luajit libluajit-5.1-dev lua-busted lua-check clang libclang-rt-14-dev valgrind
 
-.PHONY: all build peer-build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
+.PHONY: all build peer-build lint test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
 
 all: build
 build: $(BUILD)/cluster/core.so
@@ -58,6 +58,10 @@ $(ASAN_BUILD)/cluster/core.so: $(SRCS) $(HDRS)
 PEER_LUA = $(if $(filter lua5.3 lua5.4,$(LUA_NAME)),luajit,lua5.4)
 peer-build:
 	@$(MAKE) --no-print-directory build LUA=$(PEER_LUA) CFLAGS="$(CFLAGS)"
+
+# luacheck over the Lua code and specs (.luacheckrc).
+lint:
+	luacheck --no-color -q lua bin spec
 
 test: build peer-build
 	$(BUSTED) --cpath="$(BUILD)/?.so" spec

@@ -131,8 +131,8 @@ end)
 describe("settings applied by cluster.fork", function()
   after_each(util.cleanup)
 
-  local function getenv(w, names)
-    local r = util.request(w, { cmd = "getenv", names = names })
+  local function getenv(w, wanted)
+    local r = util.request(w, { cmd = "getenv", names = wanted })
     assert.is_table(r, "no reply from the worker")
     return r.values
   end

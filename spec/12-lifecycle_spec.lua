@@ -2,6 +2,7 @@
 -- pid and id, cluster.workers, exit codes and signals (Node's
 -- test-cluster-basic, -worker-events, -worker-death, -worker-exit,
 -- -worker-kill, -worker-no-exit).
+-- luacheck: ignore 122 (some specs replace io.stderr to catch what is reported there)
 local uv = require("luv")
 local helper = require("helper")
 local cluster = require("cluster")

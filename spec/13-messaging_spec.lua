@@ -4,7 +4,7 @@
 -- -send-handle-*).
 local uv = require("luv")
 local helper = require("helper")
-local cluster = require("cluster")
+require("cluster")
 local compat = require("cluster.compat")
 local util = dofile(helper.fixture("lc_util"))
 

@@ -8,7 +8,6 @@ describe("uv.spawn next to cluster.fork", function()
   it("both get their exits", function()
     cluster.setup({ exec = helper.fixture("exit_code"), args = { "3" } })
     local spawned, worker_exits = {}, {}
-    local workers = {}
     for i = 1, 3 do
       local handle
       handle = uv.spawn("/bin/sh", { args = { "-c", "exit " .. (10 + i) } }, function(code)
@@ -18,7 +17,6 @@ describe("uv.spawn next to cluster.fork", function()
       assert.truthy(handle)
       local w = cluster.fork()
       w:on("exit", function(code) worker_exits[#worker_exits + 1] = code end)
-      workers[i] = w
     end
     assert.is_true(helper.wait(function() return #spawned == 3 and #worker_exits == 3 end))
     table.sort(spawned)

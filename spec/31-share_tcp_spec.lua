@@ -26,7 +26,11 @@ end
 local function assert_address(addr, host, port, family)
   assert.is_table(addr)
   assert.equal(host, addr.address)
-  if port then assert.equal(port, addr.port) else assert.is_true(compat.type(addr.port) == "integer" and addr.port > 0) end
+  if port then
+    assert.equal(port, addr.port)
+  else
+    assert.is_true(compat.type(addr.port) == "integer" and addr.port > 0)
+  end
   assert.equal(family, addr.family)
 end
 

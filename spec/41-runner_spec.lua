@@ -132,7 +132,8 @@ describe("luv-cluster (the runner)", function()
       helper.wait(function() return run.state.eof end, 1000)
       -- Workers die with their master (and on a clean stop, before it).
       for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000), "worker " .. pid .. " still runs")
+        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
+          "worker " .. pid .. " still runs")
       end
     end
     run = nil

@@ -90,7 +90,8 @@ function helper.zombies()
       local stat = f and f:read("*a")
       if f then f:close() end
       -- pid (comm) state ppid ...; comm may hold spaces, so match from ')'
-      local state, ppid = stat and stat:match("%) (%a) (%d+)")
+      local state, ppid
+      if stat then state, ppid = stat:match("%) (%a) (%d+)") end
       if state == "Z" and tonumber(ppid) == me then found[#found + 1] = tonumber(name) end
     end
   end

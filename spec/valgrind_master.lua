@@ -33,7 +33,9 @@ local f = assert(io.open(tmp, "w")); f:write("fd payload"); f:close()
 local fd = assert(uv.fs_open(tmp, "r", 0))
 
 local expected, received = {}, 0
-for i = 1, 1000 do expected[i] = { seq = i, text = "hello world", blob = i % 100 == 0 and string.rep("b", 70000) or nil } end
+for i = 1, 1000 do
+  expected[i] = { seq = i, text = "hello world", blob = i % 100 == 0 and string.rep("b", 70000) or nil }
+end
 worker:on("message", function(msg, handle)
   if msg == "fd" then
     assert(compat.type(handle) == "integer", "fd did not come back")

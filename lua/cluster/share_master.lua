@@ -333,7 +333,9 @@ function share.install(cluster)
   -- cluster.listenfd in the master: a listening socket of its own.
   function cluster.listenfd(host, port, backlog)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
-    if not compat.is_integer(port) or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    if not compat.is_integer(port) or port < 0 or port > 65535 then
+      error("bad argument 'port' (0-65535 expected)", 2)
+    end
     local fd, info, name = listen_socket({ type = "tcp", host = host, port = port, backlog = backlog,
       reuseport = cluster.schedulingPolicy == "reuseport" })
     if not fd then return nil, name .. ": " .. errmsg(info), name end

@@ -243,7 +243,9 @@ function share.install(cluster, worker)
   -- cluster.listenfd(host, port[, backlog]) -> fd
   function cluster.listenfd(host, port, backlog)
     if type(host) ~= "string" then error("bad argument 'host' (string expected, got " .. type(host) .. ")", 2) end
-    if not compat.is_integer(port) or port < 0 or port > 65535 then error("bad argument 'port' (0-65535 expected)", 2) end
+    if not compat.is_integer(port) or port < 0 or port > 65535 then
+      error("bad argument 'port' (0-65535 expected)", 2)
+    end
     if backlog ~= nil and not compat.is_integer(backlog) then error("bad argument 'backlog' (integer expected)", 2) end
     local reply, fd, err = ask({ type = "tcp", address = host, port = port,
       index = port0_index("tcp", host, port), backlog = backlog, fd = true })

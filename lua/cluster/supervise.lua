@@ -593,10 +593,10 @@ function supervise.start(opts)
   -- Add a slot; nil, why when stopping or the fd limit has no room.
   function sv:add()
     if self.state ~= "running" then return nil, "not running" end
-    local too_many = capacity_error(o, self:size() + 1)
-    if too_many then
-      event("scale_refused", { workers = self:size(), error = too_many })
-      return nil, too_many
+    local refused = capacity_error(o, self:size() + 1)
+    if refused then
+      event("scale_refused", { workers = self:size(), error = refused })
+      return nil, refused
     end
     local slot = new_slot()
     event("scale", { workers = self:size(), change = 1 })
@@ -617,9 +617,7 @@ function supervise.start(opts)
     stop_timer(slot.timer)
     slot.timer = nil
     event("scale", { workers = self:size(), change = -1 })
-    if slot.candidate then
-      -- The reload finishing it retires it; nothing to do now.
-    end
+    -- A candidate of this slot is retired by the reload that finishes it.
     if slot.worker then retire(slot.worker, "scale") end
     -- Trim removed slots off the end so indexes stay dense for adds.
     while #self.slots > 0 and self.slots[#self.slots].removed and not self.slots[#self.slots].candidate do
