@@ -56,6 +56,23 @@ describe("sharing a TCP port", function()
     describe("under '" .. policy .. "'", function()
       before_each(function() util.policy(policy) end)
 
+      if policy == "reuseport" then
+        it("warns through cluster's 'warning' event when tcp_migrate_req is 0", function()
+          local ws = util.fork_n(1)
+          listen_all(ws, { cmd = "tcp", host = HOST, port = util.free_port() })
+          util.settle()
+          local f = io.open("/proc/sys/net/ipv4/tcp_migrate_req")
+          local value = f and f:read("*l")
+          if f then f:close() end
+          -- Once per process: this bind's warning or an earlier spec's.
+          local seen = 0
+          for _, w in ipairs(helper.warnings) do
+            if w:find("tcp_migrate_req = 0", 1, true) then seen = seen + 1 end
+          end
+          assert.equal(value == "0" and 1 or 0, seen)
+        end)
+      end
+
       it("every worker serves connections", function()
         local on_cluster, in_worker = {}, {}
         util.on("listening", function(w, addr) on_cluster[#on_cluster + 1] = { w, addr } end)

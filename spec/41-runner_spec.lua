@@ -502,7 +502,7 @@ describe("luv-cluster near its fd limit #load", function()
         r.seen[pid] = true
         r.pids[#r.pids + 1] = pid
       end
-    end, nil, { fd_limit = LIMIT })
+    end, nil, { fd_limit = LIMIT, stderr = true })
     r.pid = r.state.pid
     run = r
     return r
@@ -513,6 +513,9 @@ describe("luv-cluster near its fd limit #load", function()
     local r = start_limited({ "-w", "10", helper.fixture("sv_server"), "0", version_file })
     assert.equal(2, wait_exit(r, 5000))
     assert.equal(0, #r.pids, dump(r))
+    helper.wait(function() return #r.state.err_lines > 0 end, 2000)
+    assert.matches("^luv%-cluster: 10 workers need more file descriptors than the limit of 64",
+      r.state.err_lines[1] or "")
     -- (64 - 32 reserved) / 3 per worker, less one for a reload candidate.
     r = start_limited({ "-w", "9", helper.fixture("sv_server"), "0", version_file })
     assert.is_true(wait_count(r, "ready after", 9, 10000), dump(r))
@@ -563,6 +566,15 @@ describe("luv-cluster near its fd limit #load", function()
       helper.wait(function() return settled == N end, 10000)
       assert.is_true(helper.alive(r.pid), "the master died")
       assert.is_true(answered > 0, "no connection was served")
+      -- Workers out of fds say what they lost (on stderr: the app has no
+      -- 'error' listener).
+      if policy == "rr" then
+        local drops = 0
+        for _, l in ipairs(r.state.err_lines) do
+          if l:find("EMFILE: a message was dropped", 1, true) then drops = drops + 1 end
+        end
+        assert.is_true(drops > 0, table.concat(r.state.err_lines, "\n"))
+      end
       for _, c in ipairs(clients) do if not c:is_closing() then c:close() end end
 
       -- Fresh requests, one at a time: every one is answered.

@@ -117,7 +117,9 @@ end
 -- in the returned state table {code=, signal=, exited=}.
 -- opts (optional): uid =, gid = for the child; lpath =, cpath = for its
 -- module search paths (default: this process's); fd_limit = n runs it
--- under `ulimit -n n` (its pid is then the shell's, which execs it).
+-- under `ulimit -n n` (its pid is then the shell's, which execs it);
+-- stderr = true collects its stderr lines in state.err_lines (else it is
+-- this process's).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
   local stdout = uv.new_pipe(false)
@@ -141,8 +143,9 @@ function helper.spawn_lua(script, args, on_line, env, opts)
     for _, a in ipairs(all_args) do wrapped[#wrapped + 1] = a end
     all_args, exe = wrapped, "/bin/sh"
   end
+  local stderr = opts.stderr and uv.new_pipe(false) or 2
   handle, pid = uv.spawn(exe, {
-    args = all_args, stdio = { nil, stdout, 2 }, env = envlist, uid = opts.uid, gid = opts.gid,
+    args = all_args, stdio = { nil, stdout, stderr }, env = envlist, uid = opts.uid, gid = opts.gid,
   }, function(code, signal)
     state.exited, state.code, state.signal = true, code, signal
     handle:close()
@@ -161,9 +164,28 @@ function helper.spawn_lua(script, args, on_line, env, opts)
       state.eof = true
     end
   end)
+  if opts.stderr then
+    state.err_lines = {}
+    local ebuf = ""
+    stderr:read_start(function(_, data)
+      if data then
+        ebuf = ebuf .. data
+        for line in ebuf:gmatch("([^\n]*)\n") do state.err_lines[#state.err_lines + 1] = line end
+        ebuf = ebuf:match("[^\n]*$")
+      else
+        stderr:close()
+      end
+    end)
+  end
   state.pid = pid
   return state
 end
+
+-- Warnings the library gives about this machine's setup (e.g. reuseport
+-- without tcp_migrate_req) are expected in these specs: caught here, so
+-- they do not read as failures between results; specs can check them.
+helper.warnings = {}
+require("cluster"):on("warning", function(message) helper.warnings[#helper.warnings + 1] = message end)
 
 package.loaded.helper = helper
 return helper

@@ -120,4 +120,10 @@ function Emitter:emit(name, ...)
   return true
 end
 
+-- A warning about how the process is set up (not an error of a peer): a
+-- 'warning' event, or stderr when nothing listens.
+function Emitter:warn(message)
+  if not self:emit("warning", message) then io.stderr:write("cluster: warning: ", message, "\n") end
+end
+
 return Emitter

@@ -29,15 +29,15 @@ local function listen_socket(opts)
 end
 
 local warned_migrate = false
-local function warn_migrate_once()
+local function warn_migrate_once(cluster)
   if warned_migrate then return end
   warned_migrate = true
   local f = io.open("/proc/sys/net/ipv4/tcp_migrate_req")
   local value = f and f:read("*l")
   if f then f:close() end
   if value == "0" then
-    io.stderr:write("cluster: reuseport with net.ipv4.tcp_migrate_req = 0: connections queued on a ",
-      "worker's socket are reset when that worker closes it (sysctl -w net.ipv4.tcp_migrate_req=1)\n")
+    cluster:warn("reuseport with net.ipv4.tcp_migrate_req = 0: connections queued on a worker's socket"
+      .. " are reset when that worker closes it (sysctl -w net.ipv4.tcp_migrate_req=1)")
   end
 end
 
@@ -180,7 +180,7 @@ function share.install(cluster)
     }
     if policy == "reuseport" then
       opts.reuseport, opts.listen = true, false
-      warn_migrate_once()
+      warn_migrate_once(cluster)
     end
     local fd, info, name = listen_socket(opts)
     if not fd then return nil, info, name end
