@@ -1,8 +1,9 @@
 -- The runner's config file (luv-cluster -c FILE): options, script and args
 -- read from it, the command line winning; bad files stop the runner with
 -- exit 2 and a message naming the file; the master function runs once,
--- before the first worker forks, and survives reloads. Also supervise's
--- on_start option, which the master function is built on.
+-- before the first worker forks, and survives reloads; the shared-counter
+-- example (examples/shared_counter/). Also supervise's on_start option,
+-- which the master function is built on.
 local helper = require("helper")
 local uv = require("luv")
 local cluster = require("cluster")
@@ -10,6 +11,7 @@ local supervise = require("cluster.supervise")
 local compat = require("cluster.compat")
 
 local BIN = uv.cwd() .. "/bin/luv-cluster"
+local EXAMPLE = uv.cwd() .. "/examples/shared_counter/luv-cluster.conf.lua"
 
 local FAST = { "--heartbeat-interval", "50ms", "--heartbeat-timeout", "2s", "--boot-timeout", "3s",
   "--backoff-initial", "10ms" }
@@ -146,6 +148,15 @@ end
 local function ask(port)
   local all = exchange(port, "ping\n", function(buf) return buf:find("\n") end)
   return all and all:match("^([^\n]*)\n")
+end
+
+-- GET / from the shared-counter example: count, worker id, or nil and
+-- what came back.
+local function get_count(port)
+  local all, err = exchange(port, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+  local n, id = (all or ""):match("\r\n\r\nrequest #(%d+), served by worker (%d+) ")
+  if not n then return nil, all or err end
+  return tonumber(n), tonumber(id)
 end
 
 -- A run that is expected to stop at once: its exit code, stdout, stderr.
@@ -313,6 +324,40 @@ describe("luv-cluster -c FILE (the runner's config file)", function()
     assert.matches("^luv%-cluster: worker %d+ sent the master a message, but nothing here answers it: "
       .. "under the runner the script's isMaster branch never runs; "
       .. ".*%(%-c FILE, see docs/runner%-config%.md%)\n$", r.err)
+  end)
+
+  it("runs examples/shared_counter: the count is shared by the workers and kept across a reload", function()
+    local r = start(join(FAST, { "-c", EXAMPLE }), { "PORT=0" })
+    assert.is_true(wait_count(r, "ready after", 2), dump(r))
+    local port = port_of(r)
+    -- Round robin: consecutive connections go to the two workers in turn.
+    local served, n = {}, 0
+    for _ = 1, 4 do
+      local got, id = get_count(port)
+      n = n + 1
+      assert.equal(n, got, id)
+      served[id] = true
+    end
+    local before = {}
+    for id in pairs(served) do before[#before + 1] = id end
+    assert.equal(2, #before)
+
+    uv.kill(r.pid, "sighup")
+    assert.is_truthy(wait_line(r, "reload done %(1 so far%)"), dump(r))
+    assert.is_truthy(wait_line(r, "^shared_counter: 4 requests so far$"), dump(r))
+    local after = {}
+    for _ = 1, 4 do
+      local got, id = get_count(port)
+      n = n + 1
+      assert.equal(n, got, id)
+      assert.is_nil(served[id], "answered by a worker from before the reload")
+      after[id] = true
+    end
+    local ids = 0
+    for _ in pairs(after) do ids = ids + 1 end
+    assert.equal(2, ids)
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000), dump(r))
   end)
 end)
 
