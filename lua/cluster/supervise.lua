@@ -13,6 +13,11 @@
 -- Every event is a table { event = name, slot =, id =, pid =, ... }, given
 -- to sv:on(name, fn) listeners, to sv:on("*", fn) and to opts.on_event.
 --
+-- opts.on_start(sv), when given, is called once inside start, after the
+-- supervisor is set up and before the first worker forks: the place to
+-- add listeners (sv:on, cluster:on) that must see every worker. An error
+-- it raises propagates out of start, with no worker left running.
+--
 -- A slot is one place in the pool (1..n); it holds one serving worker at a
 -- time. Deaths of a slot's worker are counted there; a reload boots a
 -- candidate for the slot before its current worker is let go.
@@ -105,6 +110,8 @@ local function normalize(opts)
   end
   if opts.on_event ~= nil and type(opts.on_event) ~= "function" then fail("'on_event' must be a function", 2) end
   o.on_event = opts.on_event
+  if opts.on_start ~= nil and type(opts.on_start) ~= "function" then fail("'on_start' must be a function", 2) end
+  o.on_start = opts.on_start
   o.setup = {}
   for _, k in ipairs(SETUP_KEYS) do
     if k ~= "exec" and k ~= "args" and opts[k] ~= nil then o.setup[k] = opts[k] end
@@ -700,6 +707,24 @@ function supervise.start(opts)
     hb_timer:start(o.heartbeat.interval, o.heartbeat.interval, heartbeat)
   end
   for _ = 1, o.workers do new_slot() end
+  if o.policy then cluster.schedulingPolicy = o.policy end
+  if o.on_start then
+    -- Supervision is set up (the slots exist, sv:on works) and nothing
+    -- has forked yet. An error raised here stops the supervisor before
+    -- any worker starts (and kills any the callback started), then
+    -- propagates out of start.
+    local ok, err = pcall(o.on_start, sv)
+    if not ok then
+      sv.state, sv._killed = "stopped", 0
+      stop_timer(hb_timer)
+      for _, slot in ipairs(sv.slots) do stop_timer(slot.timer) end
+      for rec in pairs(sv.live) do
+        stop_timer(rec.boot_timer)
+        rec.worker:kill("SIGKILL")
+      end
+      error(err, 0)
+    end
+  end
   for _, slot in ipairs(sv.slots) do start_slot(slot, "start") end
   return sv
 end
