@@ -59,9 +59,9 @@ PEER_LUA = $(if $(filter lua5.3 lua5.4,$(LUA_NAME)),luajit,lua5.4)
 peer-build:
 	@$(MAKE) --no-print-directory build LUA=$(PEER_LUA) CFLAGS="$(CFLAGS)"
 
-# luacheck over the Lua code and specs (.luacheckrc).
+# luacheck over the Lua code, the runner and the specs (.luacheckrc).
 lint:
-	luacheck --no-color -q lua bin spec
+	luacheck --no-color -q lua bin/luv-cluster spec
 
 test: build peer-build
 	$(BUSTED) --cpath="$(BUILD)/?.so" spec
