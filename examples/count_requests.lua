@@ -8,6 +8,9 @@
 local uv = require("luv")
 local cluster = require("cluster")
 
+-- One line at a time even into a pipe (| tee, a log collector).
+io.stdout:setvbuf("line")
+
 local RESPONSE = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello world\n"
 
 if cluster.isMaster then
