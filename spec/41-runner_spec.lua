@@ -337,6 +337,24 @@ describe("luv-cluster (the runner)", function()
     assert.same({ "child exited code 7 signal 0" }, lines(q))
   end)
 
+  it("--json --quiet: nothing on stdout, alerts as JSON objects on stderr", function()
+    local r = { pids = {}, seen = {} }
+    r.state = helper.spawn_lua(BIN, args({ "--json", "--quiet", "-w", "1", helper.fixture("exit_code"), "3" }),
+      nil, nil, { stderr = true })
+    r.pid = r.state.pid
+    run = r
+    assert.equal(3, wait_exit(r, 10000)) -- every slot errored
+    helper.wait(function()
+      for _, l in ipairs(r.state.err_lines) do if l:find('"event":"all_errored"', 1, true) then return true end end
+    end, 2000)
+    assert.same({}, lines(r))
+    local errored = 0
+    for _, l in ipairs(r.state.err_lines) do
+      if l:find('^{"event":"errored",') then errored = errored + 1 end
+    end
+    assert.equal(1, errored, table.concat(r.state.err_lines, "\n"))
+  end)
+
   it("--user/--group: a root master binds a privileged port, the worker runs unprivileged", function()
     if uv.getuid() ~= 0 then
       pending("needs root")

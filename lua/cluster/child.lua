@@ -2,7 +2,6 @@
 -- leaving (graceful disconnect, kill, or the master going away).
 
 local uv = require("luv")
-local core = require("cluster.core")
 local Channel = require("cluster.channel")
 local protocol = require("cluster.protocol")
 local Worker = require("cluster.worker")
@@ -54,21 +53,6 @@ end
 function child.install(cluster, id, fd, limits, policy)
   cluster.isMaster, cluster.isPrimary, cluster.isWorker = false, false, true
   cluster.schedulingPolicy = policy
-
-  -- lua.c turns SIGINT into an "interrupted!" error in whatever Lua code
-  -- runs next: in a worker, a luv callback, which luv reports as a crash.
-  -- As in Node, a worker without a SIGINT handler of its own just ends by
-  -- the signal. lua.c sets its handler again for the script's chunk, so it
-  -- is also reset on the loop's first turn, unless a luv signal handle has
-  -- put its own in by then.
-  local interpreter_handler = core.signal_handler("SIGINT")
-  core.default_signal("SIGINT", interpreter_handler)
-  local first_turn = uv.new_timer()
-  first_turn:start(0, 0, function()
-    first_turn:close()
-    core.default_signal("SIGINT", interpreter_handler)
-  end)
-  first_turn:unref()
 
   local worker = Worker.new(ChildWorker, id, compat.tointeger(uv.os_getpid()))
   worker.state = "online"

@@ -15,6 +15,26 @@ local compat = require("cluster.compat")
 
 local cluster = setmetatable(Emitter.new({}), { __index = Emitter })
 
+-- lua.c turns SIGINT into an "interrupted!" error in whatever Lua code
+-- runs next: in a luv callback, which luv reports as a crash with a
+-- traceback. As in Node, a master or worker without a SIGINT handler of
+-- its own just ends by the signal (a worker's 'exit' then says SIGINT).
+-- lua.c sets its handler again for the script's chunk, so it is also reset
+-- on the loop's first turn, unless a luv signal handle has put its own in
+-- by then.
+local function default_sigint()
+  local core = require("cluster.core")
+  local interpreter_handler = core.signal_handler("SIGINT")
+  core.default_signal("SIGINT", interpreter_handler)
+  local first_turn = uv.new_timer()
+  first_turn:start(0, 0, function()
+    first_turn:close()
+    core.default_signal("SIGINT", interpreter_handler)
+  end)
+  first_turn:unref()
+end
+default_sigint()
+
 local function env_integer(name)
   return compat.tointeger(tonumber(os.getenv(name) or ""))
 end
