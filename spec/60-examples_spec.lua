@@ -144,6 +144,26 @@ CHECKS["hello.lua"] = function()
   assert_lines(state, { "^luv%-cluster: stopping 2 workers %(graceful", "^luv%-cluster: stopped$" })
 end
 
+CHECKS["readme.lua"] = function()
+  -- The README shows this file as it is.
+  local f = assert(io.open("README.md"))
+  local readme = f:read("*a")
+  f:close()
+  local code = assert(io.open(example("readme.lua"))):read("*a"):gsub("^%-%-[^\n]*\n", "")
+  assert.is_truthy(readme:find("```lua\n" .. code .. "```", 1, true),
+    "README's example differs from examples/readme.lua")
+  local port = free_port()
+  local state = start(example("readme.lua"), {}, { "PORT=" .. port })
+  for _ = 1, 2 do
+    local answer, err = http_get(port)
+    assert.is_nil(err)
+    assert.matches("^HTTP/1%.1 200 OK\r\n.*\r\n\r\nhi\n$", answer or "")
+  end
+  uv.kill(state.pid, "sigterm")
+  local _, signal = wait_exit(state)
+  assert.equal(15, signal, output(state))
+end
+
 CHECKS["count_requests.lua"] = function()
   local port = free_port()
   local workers = uv.available_parallelism()
