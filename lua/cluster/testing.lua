@@ -706,17 +706,26 @@ local function ipv6(hex)
 end
 
 -- port, host of a TCP socket in LISTEN state held by pid or a descendant.
+-- The kernel lists listening sockets first in /proc/net/tcp{,6}: reading
+-- stops at the first other one, as the rest (every connection of the
+-- network namespace, TIME_WAIT included) can run to many megabytes.
 local function find_listening(pid)
   local inodes = socket_inodes({ tostring(pid) }) or socket_inodes(process_tree(pid))
   if not inodes then return nil end
   for _, file in ipairs({ "tcp", "tcp6" }) do
-    local text = read_file("/proc/" .. pid .. "/net/" .. file) or read_file("/proc/net/" .. file) or ""
-    for line in text:gmatch("[^\n]+") do
-      local addr, port, st, inode = line:match(
-        "^%s*%d+:%s+(%x+):(%x+)%s+%x+:%x+%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
-      if st == "0A" and inodes[inode] then
-        return tonumber(port, 16), #addr == 8 and ipv4(addr) or ipv6(addr)
+    local f = io.open("/proc/" .. pid .. "/net/" .. file) or io.open("/proc/net/" .. file)
+    if f then
+      f:read("*l") -- the header
+      for line in f:lines() do
+        local addr, port, st, inode = line:match(
+          "^%s*%d+:%s+(%x+):(%x+)%s+%x+:%x+%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
+        if st ~= "0A" then break end
+        if inodes[inode] then
+          f:close()
+          return tonumber(port, 16), #addr == 8 and ipv4(addr) or ipv6(addr)
+        end
       end
+      f:close()
     end
   end
   return nil
@@ -727,6 +736,8 @@ function Process:wait_listening(timeout)
   check_outside_loop("wait_listening", 2)
   local port, host
   local next_scan = 0
+  uv.update_time()
+  local start = uv.now()
   run_until(function()
     if self._exited then return true end
     local now = uv.now()
@@ -738,7 +749,8 @@ function Process:wait_listening(timeout)
   self:_raise_callback_error()
   if port then return port, host end
   if self._exited then
-    self:_collect_output(1000)
+    uv.update_time()
+    self:_collect_output(math.max(0, math.min(1000, timeout - (uv.now() - start))))
     return nil, ("testing: %s ended (%s) before listening; its last output:\n%s")
       :format(self:_name(), self:_status_text(), tail(self.lines, 10))
   end
