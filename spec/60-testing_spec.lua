@@ -462,6 +462,15 @@ describe("cluster.testing", function()
       assert.equal(0, p:wait_exit(3000))
     end)
 
+    it("kills what is still running when the Lua state closes (a script that raised before stop)", function()
+      local p = spawn(helper.fixture("testing_leaver"), { CHILD })
+      local line = assert(p:wait_line("^child %d+$", 5000))
+      local child = tonumber(line:match("%d+"))
+      assert.same({ 1, nil }, { p:wait_exit(5000) })
+      assert.is_truthy(p:wait_line("left it running", 0))
+      assert.is_true(helper.wait(function() return not helper.alive(child) end, 3000), "the child still runs")
+    end)
+
     it("raises on bad arguments, naming them", function()
       assert.has_error(function() testing.spawn(nil) end,
         "bad argument 'script' to testing.spawn (string expected, got nil)")

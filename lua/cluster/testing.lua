@@ -327,6 +327,23 @@ end
 local Process = {}
 Process.__index = Process
 
+-- Processes started here that have not exited yet. Those still running
+-- when this Lua state closes (the test run ends, or a script raised
+-- before it stopped them) are killed with SIGKILL: a safety net, not a
+-- substitute for proc:stop(). (Lua 5.1's os.exit does not close the state.)
+local live = {}
+local kill = core.kill
+local function kill_live()
+  for proc in pairs(live) do pcall(kill, proc.pid, "SIGKILL") end
+end
+local newproxy = rawget(_G, "newproxy")
+if newproxy then -- 5.1 and LuaJIT: tables have no __gc
+  testing._reaper = newproxy(true)
+  getmetatable(testing._reaper).__gc = kill_live
+else
+  testing._reaper = setmetatable({}, { __gc = kill_live })
+end
+
 local function absolute(path, base)
   if path:sub(1, 1) == "/" then return path end
   return (base or uv.cwd()) .. "/" .. path
@@ -481,6 +498,7 @@ function testing.spawn(script, args, opts)
     args = rest, env = envlist, cwd = opts.cwd, uid = opts.uid, gid = opts.gid,
     stdio = { nil, pipes.stdout, pipes.stderr },
   }, function(code, signal)
+    live[proc] = nil
     proc._exited = true
     proc._raw_code, proc._raw_signal = code, signal
     handle:close()
@@ -491,6 +509,7 @@ function testing.spawn(script, args, opts)
     error(("testing.spawn: cannot start %s: %s"):format(argv[1], tostring(pid)), 2)
   end
   proc.pid = pid
+  live[proc] = true
 
   local on_line = opts.on_line
   for _, stream in ipairs({ "stdout", "stderr" }) do
