@@ -330,7 +330,8 @@ Process.__index = Process
 -- Processes started here that have not exited yet. Those still running
 -- when this Lua state closes (the test run ends, or a script raised
 -- before it stopped them) are killed with SIGKILL: a safety net, not a
--- substitute for proc:stop(). (Lua 5.1's os.exit does not close the state.)
+-- substitute for proc:stop(). (Lua 5.1's os.exit does not close the
+-- state: not after that.)
 local live = {}
 local kill = core.kill
 local function kill_live()
