@@ -138,6 +138,9 @@ describe("cluster.testing", function()
         "bad argument 'timeout' to testing.wait (milliseconds >= 0 expected, got soon)")
       assert.has_error(function() testing.wait(function() end, -1) end,
         "bad argument 'timeout' to testing.wait (milliseconds >= 0 expected, got -1)")
+      -- A fractional timeout is fine, and so is its message.
+      assert.same({ false, "testing.wait: condition not met within 10.5 ms" },
+        { testing.wait(function() return false end, 10.5) })
     end)
   end)
 
@@ -220,6 +223,8 @@ describe("cluster.testing", function()
       assert.equal("5", headers["content-length"])
       assert.equal("1, 2", headers["x-a"])
       assert.equal("hello", body)
+      -- A number after the port is the timeout.
+      assert.equal("hello", select(3, testing.http_get(port, 2000)))
     end)
 
     it("sends a GET for the path, with Host and Connection: close", function()

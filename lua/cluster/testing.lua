@@ -45,6 +45,12 @@ local function check_timeout(fname, timeout, level)
   return timeout
 end
 
+-- A timeout for a message ("%d" refuses a float on 5.3+).
+local function ms(t)
+  if t % 1 == 0 and t < 2 ^ 53 then return ("%d"):format(t) end
+  return tostring(t)
+end
+
 local function check_type(fname, name, value, expected, level)
   if type(value) ~= expected then
     bad(fname, name, expected .. " expected, got " .. type(value), level + 1)
@@ -114,7 +120,7 @@ function testing.wait(cond, timeout)
   timeout = check_timeout("wait", timeout, 2)
   check_outside_loop("wait", 2)
   if run_until(cond, timeout) then return true end
-  return false, ("testing.wait: condition not met within %d ms"):format(timeout)
+  return false, ("testing.wait: condition not met within %s ms"):format(ms(timeout))
 end
 
 function testing.wait_event(emitter, name, timeout)
@@ -130,7 +136,7 @@ function testing.wait_event(emitter, name, timeout)
   local ok, err = pcall(run_until, function() return got ~= nil end, timeout)
   if not got then emitter:off(name, on_event) end
   if not ok then error(err, 0) end
-  if not got then return false, ("testing.wait_event: no '%s' event within %d ms"):format(name, timeout) end
+  if not got then return false, ("testing.wait_event: no '%s' event within %s ms"):format(name, ms(timeout)) end
   return true, compat.unpack(got, 1, got.n)
 end
 
@@ -312,7 +318,7 @@ function testing.http_get(target, path, timeout)
 
   local ok, err = pcall(run_until, function() return result ~= nil end, timeout)
   if not result then
-    finish({ err = ("no complete response within %d ms"):format(timeout) })
+    finish({ err = ("no complete response within %s ms"):format(ms(timeout)) })
     if dns_req then uv.cancel(dns_req) end
   end
   close_handle(tcp)
@@ -603,7 +609,7 @@ function Process:wait_exit(timeout)
   run_until(function() return self._exited end, timeout)
   self:_raise_callback_error()
   if not self._exited then
-    return false, ("testing: %s still running after %d ms"):format(self:_name(), timeout)
+    return false, ("testing: %s still running after %s ms"):format(self:_name(), ms(timeout))
   end
   uv.update_time()
   self:_collect_output(math.max(0, math.min(1000, timeout - (uv.now() - start))))
@@ -638,8 +644,8 @@ function Process:wait_line(pattern, timeout, init)
     return nil, ("testing: %s ended (%s) before printing a line matching %q; its last output:\n%s")
       :format(self:_name(), self:_status_text(), pattern, tail(lines, 10))
   end
-  return nil, ("testing: no line matching %q from %s within %d ms; its last output:\n%s")
-    :format(pattern, self:_name(), timeout, tail(lines, 10))
+  return nil, ("testing: no line matching %q from %s within %s ms; its last output:\n%s")
+    :format(pattern, self:_name(), ms(timeout), tail(lines, 10))
 end
 
 -- Listening TCP sockets, from /proc (Linux).
@@ -774,8 +780,8 @@ function Process:wait_listening(timeout)
     return nil, ("testing: %s ended (%s) before listening; its last output:\n%s")
       :format(self:_name(), self:_status_text(), tail(self.lines, 10))
   end
-  return nil, ("testing: %s is not listening on a TCP port after %d ms; its last output:\n%s")
-    :format(self:_name(), timeout, tail(self.lines, 10))
+  return nil, ("testing: %s is not listening on a TCP port after %s ms; its last output:\n%s")
+    :format(self:_name(), ms(timeout), tail(self.lines, 10))
 end
 
 function Process:stop(signal, timeout)
