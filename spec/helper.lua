@@ -105,11 +105,12 @@ end
 -- of its stdout go to on_line(line). Returns a state table: pid, lines
 -- (stdout so far), and, once known, exited, code and signal (luv's
 -- numbers) and eof (stdout closed); proc is the testing.spawn process.
--- Its stderr lines are written to this process's stderr.
 -- env (optional): a list of "NAME=value" added to the environment.
 -- opts (optional): uid =, gid = for the child; lpath =, cpath = for its
 -- module search paths (default: this process's); fd_limit = n runs it
--- under `ulimit -n n` (its pid is then the shell's, which execs it).
+-- under `ulimit -n n` (its pid is then the shell's, which execs it);
+-- stderr = true collects its stderr lines in state.err_lines (else they
+-- are written to this process's stderr).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
   local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {} }
@@ -126,7 +127,7 @@ function helper.spawn_lua(script, args, on_line, env, opts)
   end
   spawn_opts.on_line = function(line, stream)
     if stream == "stderr" then
-      io.stderr:write(line, "\n")
+      if not opts.stderr then io.stderr:write(line, "\n") end
     elseif on_line then
       on_line(line)
     end
@@ -138,7 +139,8 @@ function helper.spawn_lua(script, args, on_line, env, opts)
     signal = function() return proc._raw_signal end,
     eof = function() return proc._eof.stdout end,
   }
-  return setmetatable({ pid = proc.pid, lines = proc.stdout, proc = proc }, {
+  local err_lines = opts.stderr and proc.stderr or nil
+  return setmetatable({ pid = proc.pid, lines = proc.stdout, err_lines = err_lines, proc = proc }, {
     __index = function(_, k)
       local get = live[k]
       return get and get()
