@@ -9,3 +9,4 @@ unused_args = false
 
 files["spec/"] = { std = "+busted" }
 files["bin/luv-cluster"] = {}
+files["examples/*_spec.lua"] = { std = "+busted" }

@@ -22,6 +22,8 @@ CORE_FLAGS  = -std=gnu11 -fPIC -fvisibility=hidden -I$(LUA_INC) $(WARN)
 SRCS        = $(wildcard csrc/*.c)
 HDRS        = $(wildcard csrc/*.h)
 BUSTED      = busted --lua=$(LUA)
+# The specs, and the example specs (examples/*_spec.lua), run alike.
+SPECS       = spec examples
 FUZZ_SECONDS ?= 30
 # Modules from this checkout, for scripts run outside busted. Both names:
 # 5.2+ read LUA_PATH_5_x first, 5.1 and LuaJIT only LUA_PATH.
@@ -61,20 +63,20 @@ peer-build:
 
 # luacheck over the Lua code, the runner and the specs (.luacheckrc).
 lint:
-	luacheck --no-color -q lua bin/luv-cluster spec
+	luacheck --no-color -q lua bin/luv-cluster spec examples
 
 test: build peer-build
-	$(BUSTED) --cpath="$(BUILD)/?.so" spec
+	$(BUSTED) --cpath="$(BUILD)/?.so" $(SPECS)
 
 # The same specs with the SIGCHLD reaping path that kernels without pidfds
 # (and valgrind) take.
 test-sigchld: build peer-build
-	LUA_CLUSTER_REAP=sigchld $(BUSTED) --cpath="$(BUILD)/?.so" spec
+	LUA_CLUSTER_REAP=sigchld $(BUSTED) --cpath="$(BUILD)/?.so" $(SPECS)
 
 asan: $(ASAN_BUILD)/cluster/core.so peer-build
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	$(BUSTED) --cpath="$(ASAN_BUILD)/?.so" spec
+	$(BUSTED) --cpath="$(ASAN_BUILD)/?.so" $(SPECS)
 
 FUZZ_COMMON = csrc/codec.c csrc/frame.c csrc/buffer.c
 # The harnesses link the interpreter's own library (lua5.1 and LuaJIT

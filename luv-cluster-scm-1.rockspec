@@ -34,6 +34,7 @@ build = {
       ["cluster.share_master"] = "lua/cluster/share_master.lua",
       ["cluster.share_worker"] = "lua/cluster/share_worker.lua",
       ["cluster.supervise"] = "lua/cluster/supervise.lua",
+      ["cluster.testing"] = "lua/cluster/testing.lua",
       ["cluster.worker"] = "lua/cluster/worker.lua",
       ["cluster.core"] = {
          sources = {

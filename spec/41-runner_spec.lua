@@ -554,6 +554,8 @@ describe("luv-cluster near its fd limit #load", function()
       assert.is_true(wait_count(r, "ready after", 2), dump(r))
       local port = port_of(r)
       local fds_before = fd_count(r.pid)
+      local worker_fds = {}
+      for _, pid in ipairs(r.pids) do worker_fds[pid] = fd_count(pid) end
 
       -- 300 clients connect, ask, and hold their connection open. Each
       -- settles: answered, or closed by the other side (a worker out of
@@ -594,6 +596,15 @@ describe("luv-cluster near its fd limit #load", function()
         assert.is_true(drops > 0, table.concat(r.state.err_lines, "\n"))
       end
       for _, c in ipairs(clients) do if not c:is_closing() then c:close() end end
+      -- The workers have closed their side of those connections: their fds
+      -- are free again (until then a new connection may still find a
+      -- worker at its limit).
+      assert.is_true(helper.wait(function()
+        for pid, n in pairs(worker_fds) do
+          if (fd_count(pid) or 0) > n then return false end
+        end
+        return true
+      end, 5000), "the workers did not get their fds back")
 
       -- Fresh requests, one at a time: every one is answered.
       local ok = 0

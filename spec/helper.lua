@@ -5,6 +5,7 @@
 local uv = require("luv")
 require("cluster")
 local compat = require("cluster.compat")
+local testing = require("cluster.testing")
 
 local helper = {}
 
@@ -15,25 +16,14 @@ function helper.fixture(name)
 end
 
 -- Run the loop until cond() is true or timeout_ms has passed; returns
--- cond(). The loop is checked after every event, never slept on.
+-- cond() as a boolean (cluster.testing.wait, without its message).
 function helper.wait(cond, timeout_ms)
-  if cond() then return true end
-  -- prepare runs before the loop would block: after timers, deferred
-  -- events and the previous turn's I/O alike.
-  local timer, check = uv.new_timer(), uv.new_prepare()
-  -- Also wake every few ms, for conditions outside this loop (another
-  -- process ending).
-  uv.update_time()
-  local deadline = uv.now() + (timeout_ms or 5000)
-  timer:start(5, 5, function()
-    if uv.now() >= deadline then uv.stop() end
-  end)
-  check:start(function() if cond() then uv.stop() end end)
-  uv.run("default")
-  timer:close()
-  check:close()
-  uv.run("nowait") -- let the two closes finish
-  return cond() and true or false
+  return (testing.wait(cond, timeout_ms or 5000))
+end
+
+-- A TCP port nothing listens on (host default 127.0.0.1).
+function helper.free_port(host)
+  return assert(testing.free_port(host))
 end
 
 -- Close a handle and let the loop finish the close: a close still pending
@@ -112,73 +102,51 @@ function helper.alive(pid)
   return state ~= nil and state ~= "Z"
 end
 
--- Run a Lua script as a separate process; lines of its stdout go to
--- on_line(line). Returns the uv process handle and pid; exit is recorded
--- in the returned state table {code=, signal=, exited=}.
+-- Run a Lua script as a separate process (cluster.testing.spawn); lines
+-- of its stdout go to on_line(line). Returns a state table: pid, lines
+-- (stdout so far), and, once known, exited, code and signal (luv's
+-- numbers) and eof (stdout closed); proc is the testing.spawn process.
+-- env (optional): a list of "NAME=value" added to the environment.
 -- opts (optional): uid =, gid = for the child; lpath =, cpath = for its
 -- module search paths (default: this process's); fd_limit = n runs it
 -- under `ulimit -n n` (its pid is then the shell's, which execs it);
--- stderr = true collects its stderr lines in state.err_lines (else it is
--- this process's).
+-- stderr = true collects its stderr lines in state.err_lines (else they
+-- are written to this process's stderr).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
-  local stdout = uv.new_pipe(false)
-  local state = { lines = {} }
-  local all_args = { script }
-  for _, a in ipairs(args or {}) do all_args[#all_args + 1] = a end
-  local cpath = opts.cpath or package.cpath
-  local lpath = opts.lpath or package.path
-  local envlist = { helper.path_var .. "=" .. lpath, helper.cpath_var .. "=" .. cpath }
-  for k, v in pairs(uv.os_environ()) do
-    if k ~= helper.path_var and k ~= helper.cpath_var then envlist[#envlist + 1] = k .. "=" .. v end
+  local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {} }
+  for _, kv in ipairs(env or {}) do
+    local k, v = kv:match("^([^=]+)=(.*)$")
+    spawn_opts.env[k] = v
   end
-  for _, kv in ipairs(env or {}) do envlist[#envlist + 1] = kv end
-  local buf = ""
-  local handle, pid
-  local exe = require("cluster.core").exe_path()
+  if opts.lpath then spawn_opts.env[helper.path_var] = opts.lpath end
+  if opts.cpath then spawn_opts.env[helper.cpath_var] = opts.cpath end
   if opts.fd_limit then
     -- Soft and hard limit both, through the shell's ulimit: the process
     -- cannot raise it back.
-    local wrapped = { "-c", ("ulimit -n %d && exec \"$@\""):format(opts.fd_limit), "sh", exe }
-    for _, a in ipairs(all_args) do wrapped[#wrapped + 1] = a end
-    all_args, exe = wrapped, "/bin/sh"
+    spawn_opts.prefix = { "/bin/sh", "-c", ("ulimit -n %d && exec \"$@\""):format(opts.fd_limit), "sh" }
   end
-  local stderr = opts.stderr and uv.new_pipe(false) or 2
-  handle, pid = uv.spawn(exe, {
-    args = all_args, stdio = { nil, stdout, stderr }, env = envlist, uid = opts.uid, gid = opts.gid,
-  }, function(code, signal)
-    state.exited, state.code, state.signal = true, code, signal
-    handle:close()
-  end)
-  assert(handle, pid)
-  stdout:read_start(function(err, data)
-    if data then
-      buf = buf .. data
-      for line in buf:gmatch("([^\n]*)\n") do
-        state.lines[#state.lines + 1] = line
-        if on_line then on_line(line) end
-      end
-      buf = buf:match("[^\n]*$")
-    else
-      stdout:close()
-      state.eof = true
+  spawn_opts.on_line = function(line, stream)
+    if stream == "stderr" then
+      if not opts.stderr then io.stderr:write(line, "\n") end
+    elseif on_line then
+      on_line(line)
     end
-  end)
-  if opts.stderr then
-    state.err_lines = {}
-    local ebuf = ""
-    stderr:read_start(function(_, data)
-      if data then
-        ebuf = ebuf .. data
-        for line in ebuf:gmatch("([^\n]*)\n") do state.err_lines[#state.err_lines + 1] = line end
-        ebuf = ebuf:match("[^\n]*$")
-      else
-        stderr:close()
-      end
-    end)
   end
-  state.pid = pid
-  return state
+  local proc = testing.spawn(script, args, spawn_opts)
+  local live = {
+    exited = function() return proc._exited or nil end,
+    code = function() return proc._raw_code end,
+    signal = function() return proc._raw_signal end,
+    eof = function() return proc._eof.stdout end,
+  }
+  local err_lines = opts.stderr and proc.stderr or nil
+  return setmetatable({ pid = proc.pid, lines = proc.stdout, err_lines = err_lines, proc = proc }, {
+    __index = function(_, k)
+      local get = live[k]
+      return get and get()
+    end,
+  })
 end
 
 -- Warnings the library gives about this machine's setup (e.g. reuseport

@@ -107,10 +107,13 @@ function master.install(cluster)
 
   local script = script_path()
   local configured = false
+  -- true once a setup() call gave 'exec' (false puts the default back)
+  local explicit_exec = false
   local next_id = 1
 
   function cluster.setup(given)
     settings.validate(given or {}, 2)
+    if given and given.exec ~= nil then explicit_exec = given.exec ~= false end
     local defaults = settings.defaults(script)
     local base = configured and cluster.settings or defaults
     configured = true
@@ -282,6 +285,14 @@ function master.install(cluster)
     if not configured then cluster.setup({}) end
     local s = cluster.settings
     if not s.exec then error("cluster.fork: no script to run (set 'exec' with cluster.setup)", 2) end
+    -- The default exec is the running script: under a test runner, the
+    -- worker would run the test suite again. An explicit exec always wins.
+    local runner = not explicit_exec and settings.test_runner(s.exec)
+    if runner then
+      error(("cluster.fork: the running script is %s (%s), a test runner: a worker would run "
+        .. "the test suite again. Set the worker's script: cluster.setup{ exec = \"worker.lua\" } "
+        .. "(or run the app as a subprocess with cluster.testing.spawn)"):format(runner, s.exec), 2)
+    end
     local id = next_id
     local argv = { s.lua }
     for _, a in ipairs(s.luaArgs) do argv[#argv + 1] = a end

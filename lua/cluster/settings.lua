@@ -109,6 +109,28 @@ function settings.defaults(script)
   }
 end
 
+-- Test runners whose command-line script must never be a worker's: with
+-- no `exec` set, a fork under them would start the whole test run again.
+local TEST_RUNNERS = { busted = true }
+
+-- The name of the test runner that the script at `path` is, or nil: its
+-- file name is a runner's (`busted`, `busted.lua`), or busted is loaded and
+-- `path` is its command-line launcher under another name (the file calls
+-- busted.runner with standalone = false, as /usr/bin/busted does; a spec
+-- file that runs itself through busted.runner is a script like any other).
+function settings.test_runner(path)
+  if type(path) ~= "string" then return nil end
+  local name = (path:match("[^/\\]+$") or path):gsub("%.lua$", "")
+  if TEST_RUNNERS[name] then return name end
+  if package.loaded["busted.runner"] then
+    local f = io.open(path)
+    local head = f and f:read(4096)
+    if f then f:close() end
+    if head and head:find("busted%.runner") and head:find("standalone%s*=%s*false") then return "busted" end
+  end
+  return nil
+end
+
 -- `base` with `given` merged in, each table value copied; a false in
 -- `given` takes the key's value from `defaults`.
 function settings.merge(base, given, defaults)
