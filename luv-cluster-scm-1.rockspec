@@ -29,6 +29,7 @@ build = {
       ["cluster.defer"] = "lua/cluster/defer.lua",
       ["cluster.emitter"] = "lua/cluster/emitter.lua",
       ["cluster.master"] = "lua/cluster/master.lua",
+      ["cluster.proctitle"] = "lua/cluster/proctitle.lua",
       ["cluster.protocol"] = "lua/cluster/protocol.lua",
       ["cluster.settings"] = "lua/cluster/settings.lua",
       ["cluster.share_master"] = "lua/cluster/share_master.lua",
@@ -38,7 +39,7 @@ build = {
       ["cluster.core"] = {
          sources = {
             "csrc/buffer.c", "csrc/channel.c", "csrc/codec.c", "csrc/core.c",
-            "csrc/frame.c", "csrc/limits.c", "csrc/listen.c", "csrc/reap.c", "csrc/signals.c",
+            "csrc/frame.c", "csrc/limits.c", "csrc/listen.c", "csrc/proctitle.c", "csrc/reap.c", "csrc/signals.c",
             "csrc/spawn.c", "csrc/systemd.c",
          },
       },

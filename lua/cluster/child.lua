@@ -6,6 +6,7 @@ local core = require("cluster.core")
 local Channel = require("cluster.channel")
 local protocol = require("cluster.protocol")
 local Worker = require("cluster.worker")
+local proctitle = require("cluster.proctitle")
 local share = require("cluster.share_worker")
 local report_listener_error = require("cluster.emitter").report_listener_error
 local compat = require("cluster.compat")
@@ -61,12 +62,17 @@ function child.install(cluster, id, fd, limits, policy)
   -- the signal. lua.c sets its handler again for the script's chunk, so it
   -- is also reset on the loop's first turn, unless a luv signal handle has
   -- put its own in by then.
+  -- The process title ("luv-cluster worker <id> <script> [args]") is set
+  -- on that turn too, once the script runs (cluster.proctitle): this
+  -- module loads from the -e boot chunk, before lua.c has read the
+  -- script's name from argv.
   local interpreter_handler = core.signal_handler("SIGINT")
   core.default_signal("SIGINT", interpreter_handler)
   local first_turn = uv.new_timer()
   first_turn:start(0, 0, function()
     first_turn:close()
     core.default_signal("SIGINT", interpreter_handler)
+    proctitle.set("worker", id)
   end)
   first_turn:unref()
 
