@@ -2,7 +2,9 @@ rockspec_format = "3.0"
 package = "luv-cluster"
 version = "scm-1"
 source = {
-   url = "git+file:///dev/null", -- installed from a checkout: `luarocks make`
+   -- Installed from a checkout with `luarocks make` (make install). A rock
+   -- to install elsewhere comes from the versioned rockspec: `make rock`.
+   url = "git+file:///dev/null",
 }
 description = {
    summary = "Node's cluster module for Lua on luv: workers, messages, shared ports",
