@@ -32,10 +32,10 @@ LUA_ENV     = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" 
 
 # Debian packages: what building and installing the rock needs, and what
 # the whole suite adds (every supported interpreter and its headers,
-# busted, clang's libFuzzer, valgrind).
+# busted, clang's libFuzzer, valgrind; git for `make rock`'s file list).
 RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
 TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
-            luajit libluajit-5.1-dev lua-busted clang libclang-rt-14-dev valgrind
+            luajit libluajit-5.1-dev lua-busted clang libclang-rt-14-dev valgrind git
 
 .PHONY: all build peer-build test test-sigchld asan valgrind fuzz check deps-run deps-test demo install rock bench bench-http clean
 
