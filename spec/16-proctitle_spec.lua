@@ -97,7 +97,8 @@ describe("process titles", function()
     assert.matches("arg pt_title.lua 1\n", out, 1, true)
   end)
 
-  it("show a worker as 'luv-cluster worker <id> <script> <args>', its arg intact; the user's master keeps its own", function()
+  it("show a worker as 'luv-cluster worker <id> <script> <args>', its arg intact; a user's master keeps its own",
+    function()
     local own = cmdline(compat.tointeger(uv.os_getpid()))
     util.setup({ exec = helper.fixture("pt_worker"), args = { "one", "two words" } })
     local w = util.fork()
