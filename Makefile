@@ -34,12 +34,12 @@ LUA_ENV     = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" 
 
 # Debian packages: what building and installing the rock needs, and what
 # the whole suite adds (every supported interpreter and its headers,
-# busted, clang's libFuzzer, valgrind).
+# busted, clang's libFuzzer, valgrind; git for `make rock`'s file list).
 RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
 TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
-            luajit libluajit-5.1-dev lua-busted lua-check clang libclang-rt-14-dev valgrind
+            luajit libluajit-5.1-dev lua-busted lua-check clang libclang-rt-14-dev valgrind git
 
-.PHONY: all build peer-build lint test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
+.PHONY: all build peer-build lint test test-sigchld asan valgrind fuzz check deps-run deps-test demo install rock bench bench-http clean
 
 all: build
 build: $(BUILD)/cluster/core.so
@@ -117,6 +117,24 @@ ROCKS_LUA_VERSION = $(if $(filter luajit%,$(LUA_NAME)),5.1,$(LUA_NAME:lua%=%))
 install:
 	LUAROCKS_CONFIG=$(CURDIR)/rocks-provided.lua luarocks --lua-version $(ROCKS_LUA_VERSION) make luv-cluster-scm-1.rockspec
 	rm -f csrc/*.o cluster/core.so && (rmdir cluster 2>/dev/null || true)
+
+# A source rock that installs offline: build/luv-cluster-<v>-<r>.src.rock,
+# the versioned rockspec and the source tarball it names beside it
+# (luv-cluster-<v>.tar.gz: the checkout's tracked files as they are in the
+# working tree, under luv-cluster-<v>/), zipped as `luarocks pack` does.
+# The version comes from the rockspec's file name.
+ROCKSPEC    = $(firstword $(wildcard luv-cluster-[0-9]*.rockspec))
+ROCK_NAME   = $(ROCKSPEC:.rockspec=)
+SOURCE_NAME = $(shell echo '$(ROCK_NAME)' | sed 's/-[0-9]*$$//')
+rock:
+	@mkdir -p build
+	rm -f build/$(SOURCE_NAME).tar.gz build/$(ROCK_NAME).src.rock
+	git ls-files -z > build/rock-files
+	tar --null -T build/rock-files --sort=name --owner=0 --group=0 --numeric-owner \
+	    --mtime=@$$(git log -1 --format=%ct) --transform 's,^,$(SOURCE_NAME)/,' \
+	    -I 'gzip -n' -cf build/$(SOURCE_NAME).tar.gz
+	zip -q -X -j build/$(ROCK_NAME).src.rock $(ROCKSPEC) build/$(SOURCE_NAME).tar.gz
+	@echo "build/$(ROCK_NAME).src.rock"
 
 demo: deps-run install
 	$(LUA) examples/count_requests.lua

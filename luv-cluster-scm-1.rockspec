@@ -2,7 +2,9 @@ rockspec_format = "3.0"
 package = "luv-cluster"
 version = "scm-1"
 source = {
-   url = "git+file:///dev/null", -- installed from a checkout: `luarocks make`
+   -- Installed from a checkout with `luarocks make` (make install). A rock
+   -- to install elsewhere comes from the versioned rockspec: `make rock`.
+   url = "git+file:///dev/null",
 }
 description = {
    summary = "Node's cluster module for Lua on luv: workers, messages, shared ports",
@@ -29,6 +31,7 @@ build = {
       ["cluster.defer"] = "lua/cluster/defer.lua",
       ["cluster.emitter"] = "lua/cluster/emitter.lua",
       ["cluster.master"] = "lua/cluster/master.lua",
+      ["cluster.proctitle"] = "lua/cluster/proctitle.lua",
       ["cluster.protocol"] = "lua/cluster/protocol.lua",
       ["cluster.settings"] = "lua/cluster/settings.lua",
       ["cluster.share_master"] = "lua/cluster/share_master.lua",
@@ -39,7 +42,7 @@ build = {
       ["cluster.core"] = {
          sources = {
             "csrc/buffer.c", "csrc/channel.c", "csrc/codec.c", "csrc/core.c",
-            "csrc/frame.c", "csrc/limits.c", "csrc/listen.c", "csrc/reap.c", "csrc/signals.c",
+            "csrc/frame.c", "csrc/limits.c", "csrc/listen.c", "csrc/proctitle.c", "csrc/reap.c", "csrc/signals.c",
             "csrc/spawn.c", "csrc/systemd.c",
          },
       },

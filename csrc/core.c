@@ -15,5 +15,6 @@ int luaopen_cluster_core(lua_State *L) {
   listen_open(L);
   systemd_open(L);
   limits_open(L);
+  proctitle_open(L);
   return 1;
 }

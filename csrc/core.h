@@ -15,6 +15,7 @@ void signals_open(lua_State *L);
 void listen_open(lua_State *L);
 void systemd_open(lua_State *L);
 void limits_open(lua_State *L);
+void proctitle_open(lua_State *L);
 
 /* Push nil, "<what>: <strerror(err)>", "<ENAME>" and return 3: the luv and
  * luaposix shape of a failed system call. */

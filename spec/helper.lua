@@ -110,8 +110,9 @@ end
 -- opts (optional): uid =, gid = for the child; lpath =, cpath = for its
 -- module search paths (default: this process's); fd_limit = n runs it
 -- under `ulimit -n n` (its pid is then the shell's, which execs it);
--- stderr = true collects its stderr lines in state.err_lines (else they
--- are written to this process's stderr).
+-- lua_args = { ... } go to the interpreter before the script (likewise
+-- through a shell); stderr = true collects its stderr lines in
+-- state.err_lines (else they are written to this process's stderr).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
   local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {} }
@@ -125,6 +126,13 @@ function helper.spawn_lua(script, args, on_line, env, opts)
     -- Soft and hard limit both, through the shell's ulimit: the process
     -- cannot raise it back.
     spawn_opts.prefix = { "/bin/sh", "-c", ("ulimit -n %d && exec \"$@\""):format(opts.fd_limit), "sh" }
+  end
+  if opts.lua_args then
+    -- Interpreter options before the script (e.g. -e chunk), through a
+    -- shell that execs the interpreter it is given with them.
+    local quoted = {}
+    for _, a in ipairs(opts.lua_args) do quoted[#quoted + 1] = "'" .. a:gsub("'", "'\\''") .. "'" end
+    spawn_opts.prefix = { "/bin/sh", "-c", 'lua=$1; shift; exec "$lua" ' .. table.concat(quoted, " ") .. ' "$@"', "sh" }
   end
   spawn_opts.on_line = function(line, stream)
     if stream == "stderr" then

@@ -25,6 +25,15 @@ for _, bad in ipairs({ "\6\255", "\5\10abc", "\7", "\4", "\1\1" }) do
   assert(core.decode(bad) == nil, "malformed input accepted")
 end
 
+-- Process titles: /proc/self/stat is read and parsed; under valgrind the
+-- argv area the kernel names is valgrind's own, not this client's argv,
+-- and is refused (EINVAL) rather than written.
+do
+  local kept, err, ename = core.set_proctitle("luv-cluster valgrind")
+  assert(compat.is_integer(kept) or ename == "EINVAL", "set_proctitle: " .. tostring(err))
+  assert(core.set_comm("luv-cluster"))
+end
+
 local dir = arg[0]:match("^(.*)/[^/]*$")
 cluster.setup({ exec = dir .. "/fixtures/echo.lua", args = {} })
 local worker = cluster.fork()

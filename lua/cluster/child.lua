@@ -5,6 +5,7 @@ local uv = require("luv")
 local Channel = require("cluster.channel")
 local protocol = require("cluster.protocol")
 local Worker = require("cluster.worker")
+local proctitle = require("cluster.proctitle")
 local share = require("cluster.share_worker")
 local report_listener_error = require("cluster.emitter").report_listener_error
 local compat = require("cluster.compat")
@@ -53,6 +54,17 @@ end
 function child.install(cluster, id, fd, limits, policy)
   cluster.isMaster, cluster.isPrimary, cluster.isWorker = false, false, true
   cluster.schedulingPolicy = policy
+
+  -- The process title ("luv-cluster worker <id> <script> [args]") is set
+  -- on the loop's first turn, once the script runs (cluster.proctitle):
+  -- this module loads from the -e boot chunk, before lua.c has read the
+  -- script's name from argv.
+  local title_turn = uv.new_timer()
+  title_turn:start(0, 0, function()
+    title_turn:close()
+    proctitle.set("worker", id)
+  end)
+  title_turn:unref()
 
   local worker = Worker.new(ChildWorker, id, compat.tointeger(uv.os_getpid()))
   worker.state = "online"
