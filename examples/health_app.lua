@@ -12,16 +12,24 @@
 -- stop, scale down), cluster.worker's 'draining' event fires, before the
 -- worker's servers close. A keep-alive server must then end its own
 -- connections, or they keep the worker's loop alive until the runner's
--- --stop-timeout SIGKILLs it, mid-request. Here:
---   - idle connections are ended at once (FIN, see `finish`);
---   - a connection with a request under way gets its response with
---     `Connection: close`, then is ended;
---   - so is any later request on a connection still open.
+-- --stop-timeout SIGKILLs it, mid-request. Here, once draining:
+--   - every response says `Connection: close` and its connection is then
+--     ended (FIN, see `finish`): a connection in use ends after its next
+--     answer, and the peer knows not to send more on it;
+--   - a connection quiet between requests for DRAIN_QUIET_MS is ended
+--     (one quiet that long already is ended at once), and one stalled
+--     mid-request for DRAIN_STALL_MS.
 -- When the last connection is gone the loop has nothing left and the
--- worker exits 0, long before the stop timeout. A request that was still
--- on the wire to an idle connection when it was ended gets no answer
--- (HTTP/1.1's keep-alive race): clients and balancers retry those
--- (HAProxy: `retry-on conn-failure empty-response`, deploy/haproxy.cfg).
+-- worker exits 0, long before the stop timeout. Ending a quiet connection
+-- races with a request the peer may be sending on it (HTTP/1.1's
+-- keep-alive race): that request gets no answer and the client or
+-- balancer must retry it (HAProxy: `retry-on conn-failure
+-- empty-response`, deploy/haproxy.cfg). Answering the next request with
+-- `Connection: close` instead of ending busy connections at once keeps
+-- that race to connections that were really idle: behind HAProxy under
+-- load, deploy/test-hosts.sh lost 27 requests in a rolling reload when
+-- every connection was ended at once and HAProxy did not retry, none this
+-- way.
 local uv = require("luv")
 local cluster = require("cluster")
 
@@ -29,7 +37,8 @@ local BIND = os.getenv("BIND") or "0.0.0.0"
 local PORT = tonumber(os.getenv("PORT")) or 8080
 local HOST = os.getenv("APP_HOST_NAME") or uv.os_gethostname()
 local IDLE_MS = 30000       -- a keep-alive connection idle this long is ended
-local DRAIN_IDLE_MS = 5000  -- ... while draining, a stalled request this long
+local DRAIN_QUIET_MS = 500  -- while draining: quiet between requests this long
+local DRAIN_STALL_MS = 5000 -- ... or stalled mid-request this long
 local LINGER_MS = 2000      -- after our FIN, wait this long for the peer's
 local MAX_HEAD = 8192       -- bytes of request line and headers
 
@@ -117,38 +126,38 @@ assert(server:listen(511, function(err)
   end)
 end))
 
--- Ends idle connections and lingering ones past their time. Unreferenced:
--- it never keeps the loop (and so a draining worker) alive by itself.
-local sweep = uv.new_timer()
-sweep:start(250, 250, function()
+-- Ends connections quiet for too long and lingering ones past their time.
+-- Unreferenced: it never keeps the loop (and so a draining worker) alive
+-- by itself.
+local function sweep_connections()
   local now = uv.now()
   for tcp, c in pairs(conns) do
     if c.ending then
       if now >= c.deadline then close(tcp) end
-    elseif now - c.last >= (draining and DRAIN_IDLE_MS or IDLE_MS) then
-      finish(tcp, c)
+    else
+      local quiet = now - c.last
+      if quiet >= IDLE_MS or draining and quiet >= (c.buf == "" and DRAIN_QUIET_MS or DRAIN_STALL_MS) then
+        finish(tcp, c)
+      end
     end
   end
-end)
+end
+local sweep = uv.new_timer()
+sweep:start(100, 100, sweep_connections)
 sweep:unref()
 
 if me then
   me:on("draining", function()
     draining = true
-    local idle, busy = 0, 0
-    for tcp, c in pairs(conns) do
+    local open, mid = 0, 0
+    for _, c in pairs(conns) do
       if not c.ending then
-        if c.buf == "" then
-          -- Between requests (a response may still be on its way out:
-          -- the FIN follows it).
-          idle = idle + 1
-          finish(tcp, c)
-        else
-          busy = busy + 1 -- part of a request is in: answered with Connection: close
-        end
+        open = open + 1
+        if c.buf ~= "" then mid = mid + 1 end
       end
     end
-    io.stdout:write(("health_app: %s draining: %d idle connections ended, %d busy\n"):format(WHO, idle, busy))
+    sweep_connections()
+    io.stdout:write(("health_app: %s draining: %d connections open, %d mid-request\n"):format(WHO, open, mid))
     io.stdout:flush()
   end)
 end
