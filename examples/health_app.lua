@@ -41,6 +41,7 @@ local DRAIN_QUIET_MS = 500  -- while draining: quiet between requests this long
 local DRAIN_STALL_MS = 5000 -- ... or stalled mid-request this long
 local LINGER_MS = 2000      -- after our FIN, wait this long for the peer's
 local MAX_HEAD = 8192       -- bytes of request line and headers
+local MAX_BODY = 65536      -- bytes of a request body (read and dropped)
 
 local me = cluster.worker -- nil when run without the runner: no draining
 local WHO = ("host %s worker %s pid %d"):format(HOST, me and tostring(me.id) or "-", uv.os_getpid())
@@ -94,6 +95,10 @@ local function serve(tcp, c)
     local length = tonumber(lower:match("\r\ncontent%-length:%s*(%d+)") or "0")
     if not method or lower:find("\r\ntransfer%-encoding:") then
       tcp:write(response("400 Bad Request", "bad request\n", true))
+      return finish(tcp, c)
+    end
+    if length > MAX_BODY then
+      tcp:write(response("413 Content Too Large", "too large\n", true))
       return finish(tcp, c)
     end
     if #c.buf < head_end + 3 + length then return end -- the body is not all here yet
