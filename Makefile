@@ -37,9 +37,11 @@ LUA_ENV     = LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" 
 # busted, clang's libFuzzer, valgrind; git for `make rock`'s file list).
 RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
 TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
-            luajit libluajit-5.1-dev lua-busted lua-check clang libclang-rt-14-dev valgrind git
+            luajit libluajit-5.1-dev lua-busted lua-check clang libclang-rt-14-dev valgrind git \
+            haproxy iproute2
 
-.PHONY: all build peer-build lint test test-sigchld asan valgrind fuzz check deps-run deps-test demo install rock bench bench-http clean
+.PHONY: all build peer-build lint test test-sigchld test-hosts asan valgrind fuzz check deps-run deps-test demo \
+        install rock bench bench-http clean
 
 all: build
 build: $(BUILD)/cluster/core.so
@@ -61,9 +63,9 @@ PEER_LUA = $(if $(filter lua5.3 lua5.4,$(LUA_NAME)),luajit,lua5.4)
 peer-build:
 	@$(MAKE) --no-print-directory build LUA=$(PEER_LUA) CFLAGS="$(CFLAGS)"
 
-# luacheck over the Lua code, the runner and the specs (.luacheckrc).
+# luacheck over the Lua code, the runner, specs, examples and deploy scripts (.luacheckrc).
 lint:
-	luacheck --no-color -q lua bin/luv-cluster spec examples
+	luacheck --no-color -q lua bin/luv-cluster spec examples deploy
 
 test: build peer-build
 	$(BUSTED) --cpath="$(BUILD)/?.so" $(SPECS)
@@ -72,6 +74,13 @@ test: build peer-build
 # (and valgrind) take.
 test-sigchld: build peer-build
 	LUA_CLUSTER_REAP=sigchld $(BUSTED) --cpath="$(BUILD)/?.so" $(SPECS)
+
+# Three runner "hosts" (network namespaces) behind HAProxy under load,
+# through rolling reloads, rolling restarts and a killed host
+# (deploy/test-hosts.sh; root; about 15 s).
+test-hosts: build
+	$(call apt_install,haproxy iproute2)
+	LUA=$(LUA) deploy/test-hosts.sh
 
 asan: $(ASAN_BUILD)/cluster/core.so peer-build
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \

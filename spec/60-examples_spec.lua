@@ -165,6 +165,19 @@ CHECKS["readme.lua"] = function()
   assert.equal(15, signal, output(state))
 end
 
+CHECKS["health_app.lua"] = function()
+  -- spec/44-draining_spec.lua tests its draining; here: it runs, answers
+  -- its health check and stops cleanly under the runner.
+  local port = free_port()
+  local state = start(BIN, { "-w", "1", example("health_app.lua") }, { "PORT=" .. port, "APP_HOST_NAME=h1" })
+  assert.is_true(helper.wait(function() return count(state, "ready after") == 1 end, 10000), output(state))
+  local answer, err = http_get(port)
+  assert.is_nil(err)
+  assert.matches("^HTTP/1%.1 200 OK\r\n.*host h1 worker %d+ pid %d+ path /", answer or "")
+  uv.kill(state.pid, "sigterm")
+  assert_clean_exit(state)
+end
+
 CHECKS["count_requests.lua"] = function()
   local port = free_port()
   local workers = uv.available_parallelism()

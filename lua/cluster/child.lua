@@ -17,7 +17,10 @@ local child = {}
 
 local ChildWorker = Worker.derive()
 
--- Graceful: tell the master this is on purpose, let the shared servers
+-- Graceful: tell the master this is on purpose, say 'draining' (the app
+-- closes its idle keep-alive connections and ends the busy ones after
+-- their response: its servers close next, but connections it holds would
+-- keep the loop alive until the stop timeout), let the shared servers
 -- close (cluster._close_servers, from port sharing), then close the channel
 -- once everything queued has been written. The process then ends when its
 -- loop has nothing left to do.
@@ -26,6 +29,7 @@ function ChildWorker:disconnect()
   self._leaving = true
   self.exitedAfterDisconnect = true
   self:_send_internal("exitedAfterDisconnect")
+  self:emit("draining")
   local close_servers = self._close_servers
   local ch = self._channel
   if close_servers then
