@@ -118,8 +118,10 @@ end
 -- opts (optional): uid =, gid = for the child; lpath =, cpath = for its
 -- module search paths (default: this process's); fd_limit = n runs it
 -- under `ulimit -n n` (its pid is then the shell's, which execs it);
--- stderr = true collects its stderr lines in state.err_lines (else it is
--- this process's).
+-- stderr = true collects its stderr lines in state.err_lines, and sets
+-- state.err_eof once every writer has closed it (else it is this
+-- process's); detached = true starts it in a session of its own (setsid:
+-- its pid is its process group's id).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
   local stdout = uv.new_pipe(false)
@@ -146,6 +148,7 @@ function helper.spawn_lua(script, args, on_line, env, opts)
   local stderr = opts.stderr and uv.new_pipe(false) or 2
   handle, pid = uv.spawn(exe, {
     args = all_args, stdio = { nil, stdout, stderr }, env = envlist, uid = opts.uid, gid = opts.gid,
+    detached = opts.detached,
   }, function(code, signal)
     state.exited, state.code, state.signal = true, code, signal
     handle:close()
@@ -174,6 +177,7 @@ function helper.spawn_lua(script, args, on_line, env, opts)
         ebuf = ebuf:match("[^\n]*$")
       else
         stderr:close()
+        state.err_eof = true
       end
     end)
   end
