@@ -111,8 +111,10 @@ end
 -- module search paths (default: this process's); fd_limit = n runs it
 -- under `ulimit -n n` (its pid is then the shell's, which execs it);
 -- lua_args = { ... } go to the interpreter before the script (likewise
--- through a shell); stderr = true collects its stderr lines in
--- state.err_lines (else they are written to this process's stderr).
+-- through a shell); detached = true starts it in a session of its own
+-- (setsid(1): its pid is its process group's id); stderr = true collects
+-- its stderr lines in state.err_lines, and sets state.err_eof once every
+-- writer has closed it (else they are written to this process's stderr).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
   local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {} }
@@ -134,6 +136,11 @@ function helper.spawn_lua(script, args, on_line, env, opts)
     for _, a in ipairs(opts.lua_args) do quoted[#quoted + 1] = "'" .. a:gsub("'", "'\\''") .. "'" end
     spawn_opts.prefix = { "/bin/sh", "-c", 'lua=$1; shift; exec "$lua" ' .. table.concat(quoted, " ") .. ' "$@"', "sh" }
   end
+  if opts.detached then
+    -- setsid(1) execs in place: the spawned process is not a group leader.
+    assert(not spawn_opts.prefix, "detached cannot be combined with fd_limit or lua_args")
+    spawn_opts.prefix = { "setsid" }
+  end
   spawn_opts.on_line = function(line, stream)
     if stream == "stderr" then
       if not opts.stderr then io.stderr:write(line, "\n") end
@@ -147,6 +154,7 @@ function helper.spawn_lua(script, args, on_line, env, opts)
     code = function() return proc._raw_code end,
     signal = function() return proc._raw_signal end,
     eof = function() return proc._eof.stdout end,
+    err_eof = function() return proc._eof.stderr end,
   }
   local err_lines = opts.stderr and proc.stderr or nil
   return setmetatable({ pid = proc.pid, lines = proc.stdout, err_lines = err_lines, proc = proc }, {
