@@ -19,13 +19,7 @@ local function rss_kb()
   return kb
 end
 
-local function proc_state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return nil end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%) (%a) ")
-end
+local proc_state = helper.proc_state
 
 local function stopped(pid)
   return proc_state(pid) == "T"

@@ -88,6 +88,7 @@ function helper.zombies()
   return found
 end
 
+-- The state letter of a process in /proc/<pid>/stat (R, S, T, Z...), or nil.
 local function proc_state(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return nil end
@@ -95,6 +96,7 @@ local function proc_state(pid)
   f:close()
   return stat:match("%) (%a) ")
 end
+helper.proc_state = proc_state
 
 -- True while the process runs (an unreaped zombie does not count).
 function helper.alive(pid)
