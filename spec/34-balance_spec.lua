@@ -1,10 +1,12 @@
 -- settings.balance under "rr": roundrobin (the default, unchanged),
 -- leastconn (fewest connections handed over and not yet closed) and source
--- (rendezvous hashing of the client's IP over the ready workers). Workers run spec/fixtures/bal_worker.lua, which
+-- (rendezvous hashing of the client's IP over the ready workers), and the
+-- runner's --balance. Workers run spec/fixtures/bal_worker.lua, which
 -- writes its id on every connection and keeps it until the client closes.
 local uv = require("luv")
 local helper = require("helper")
 local cluster = require("cluster")
+local compat = require("cluster.compat")
 local util = dofile(helper.fixture("sh_util"))
 
 local WORKER = helper.fixture("bal_worker")
@@ -287,5 +289,71 @@ describe("settings.balance", function()
     local counts = tally(short(10, 1, function() return { path = path } end))
     assert.equal(5, counts[a.id], util.describe_seen(counts))
     assert.equal(5, counts[b.id], util.describe_seen(counts))
+  end)
+
+  describe("the runner's --balance", function()
+    local BIN = uv.cwd() .. "/bin/luv-cluster"
+    local run
+
+    after_each(function()
+      if run and not run.exited then
+        uv.kill(run.pid, "sigterm")
+        if not helper.wait(function() return run.exited end, 5000) then uv.kill(run.pid, "sigkill") end
+        assert.is_true(helper.wait(function() return run.exited end, 3000))
+      end
+      run = nil
+    end)
+
+    it("rejects a bad name", function()
+      run = helper.spawn_lua(BIN, { "--balance", "fastest", "x.lua" }, nil, nil, { stderr = true })
+      assert.is_true(helper.wait(function() return run.exited end, 5000))
+      assert.equal(2, run.code)
+      assert.is_true(helper.wait(function() return #run.err_lines > 0 end, 2000))
+      assert.matches("%-%-balance: expected roundrobin, leastconn or source, got 'fastest'", run.err_lines[1])
+    end)
+
+    it("source: one client address, one worker", function()
+      local port = util.free_port()
+      run = helper.spawn_lua(BIN, { "-w", "2", "--balance", "source", helper.fixture("sv_server"), tostring(port) })
+      assert.is_true(helper.wait(function()
+        local n = 0
+        for _, l in ipairs(run.lines) do if l:find("ready after") then n = n + 1 end end
+        return n >= 2 or run.exited
+      end, 10000), "the runner's workers did not get ready:\n" .. table.concat(run.lines, "\n"))
+      -- sv_server answers a line with "<pid> <version>".
+      local function ask(addr)
+        local c, res = uv.new_tcp(), {}
+        assert(c:bind(addr, 0))
+        c:connect(HOST, port, function(err)
+          if err then res.err = err; c:close(); return end
+          c:write("x\n")
+          c:read_start(function(rerr, data)
+            if rerr or not data then
+              res.err = res.err or rerr or "EOF"
+              if not c:is_closing() then c:close() end
+              return
+            end
+            res.pid = res.pid or compat.tointeger(tonumber(data:match("^(%d+) ")))
+            if res.pid and not c:is_closing() then c:close() end
+          end)
+        end)
+        helper.wait(function() return (res.pid or res.err) and c:is_closing() end, 3000)
+        assert(res.pid, "no answer from " .. addr .. ": " .. tostring(res.err))
+        return res.pid
+      end
+      local first, pids = {}, {}
+      for round = 1, 3 do
+        for i = 2, 21 do
+          local addr = "127.0.0." .. i
+          local pid = ask(addr)
+          if round == 1 then first[addr] = pid end
+          assert.equal(first[addr], pid, addr .. " changed worker")
+          pids[pid] = true
+        end
+      end
+      local n = 0
+      for _ in pairs(pids) do n = n + 1 end
+      assert.equal(2, n, "20 client addresses all on one of 2 workers")
+    end)
   end)
 end)
