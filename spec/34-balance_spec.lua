@@ -215,6 +215,24 @@ describe("settings.balance", function()
     assert.equal(5, counts[a.id], util.describe_seen(counts))
   end)
 
+  it("a worker's bogus closedconns reports cost the master nothing", function()
+    local ws, port = tcp_workers(2, "leastconn")
+    local liar, bad = ws[1], ws[2]
+    -- An integer, however wrong, is taken: the liar looks idle and gets
+    -- the connections, nothing more.
+    assert.is_truthy(util.request(liar, { cmd = "report", total = compat.tointeger(2 ^ 40) }))
+    local counts = tally(short(10, 2, function() return { port = port } end))
+    assert.equal(10, counts[liar.id], util.describe_seen(counts))
+    -- Not an integer: a protocol error, which drops that worker.
+    local err
+    bad:on("error", function(e) err = e end)
+    bad:send({ cmd = "report", total = "many" })
+    assert.is_true(helper.wait(function() return err ~= nil and not bad:isConnected() end, 5000))
+    assert.matches("closedconns", tostring(err))
+    counts = tally(short(10, 2, function() return { port = port } end))
+    assert.equal(10, counts[liar.id], util.describe_seen(counts))
+  end)
+
   it("source keeps each client address on one worker; adding or removing a worker moves only its share", function()
     local ws, port = tcp_workers(3, "source")
     local CLIENTS, PER = 20, 10
