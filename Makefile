@@ -37,7 +37,7 @@ RUN_PKGS  = lua5.4 liblua5.4-dev lua-luv luarocks gcc libc6-dev make
 TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
             luajit libluajit-5.1-dev lua-busted lua-check clang libclang-rt-14-dev valgrind
 
-.PHONY: all build peer-build lint test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http clean
+.PHONY: all build peer-build lint test test-sigchld asan valgrind fuzz check deps-run deps-test demo install bench bench-http bench-balance clean
 
 all: build
 build: $(BUILD)/cluster/core.so
@@ -129,6 +129,11 @@ bench-http: build
 	@$(MAKE) --no-print-directory build LUA=luajit CFLAGS="$(CFLAGS)"
 	$(call apt_install,wrk nginx-light)
 	LUA=$(LUA) lua5.4 bench/http/run.lua
+
+# p99 latency under rr with balance roundrobin vs leastconn when one worker
+# blocks its loop now and then (bench/balance/run.lua says how it runs).
+bench-balance: build
+	LUA=$(LUA) $(LUA) bench/balance/run.lua
 
 clean:
 	rm -rf build
