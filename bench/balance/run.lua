@@ -177,7 +177,7 @@ end
 
 -- One run against the server on port: latencies (ms) and counts.
 local function load(port)
-  local r = { newconn = {}, keepalive = {}, by_worker = {}, errors = 0, polls = 0 }
+  local r = { newconn = {}, keepalive = {}, by_worker = {}, errors = 0, polls = 0, polls_busy = 0 }
   local t_start = uv.hrtime()
   local measuring, running = false, true
   local open = {} -- every client handle, closed at the end
@@ -258,7 +258,12 @@ local function load(port)
       if err then r.errors = r.errors + 1; close(c); return longpoll_client() end
       c:read_start(function(rerr, data)
         close(c)
-        if rerr or not data then r.errors = r.errors + 1 else r.polls = r.polls + 1 end
+        if rerr or not data then
+          r.errors = r.errors + 1
+        elseif measuring then
+          r.polls = r.polls + 1
+          if data:match("^1\n") then r.polls_busy = r.polls_busy + 1 end
+        end
         longpoll_client()
       end)
       c:write("P\n")
@@ -330,13 +335,15 @@ local function run_one(balance)
     p99 = percentile(r.newconn, 0.99), max = r.newconn[n],
     ka_p99 = percentile(r.keepalive, 0.99), ka_rps = #r.keepalive / r.seconds,
     busy_share = n > 0 and on_busy / n or nil, busy_ms = busy_ms, errors = r.errors, polls = r.polls,
+    polls_busy = r.polls > 0 and r.polls_busy / r.polls or nil,
   }
   io.stderr:write(("run.lua: %-10s others %s,"):format(balance,
     others and ("%.0f%%"):format(100 * others) or "?"))
   io.stderr:write((" new-conn %6.0f req/s p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.1f ms,"
-    .. " %.1f%% >= 2 ms, %.0f%% on the busy worker (busy %s ms), keep-alive p99 %.2f ms, %d polls,"
-    .. " %d errors\n"):format(s.rps, s.p50 or 0, s.p90 or 0, s.p99 or 0, s.p999 or 0, s.max or 0,
-    100 * (s.slow or 0), 100 * (s.busy_share or 0), tostring(busy_ms), s.ka_p99 or 0, s.polls, s.errors))
+    .. " %.1f%% >= 2 ms, %.0f%% on the busy worker (busy %s ms), keep-alive p99 %.2f ms, %d polls"
+    .. " (%.0f%% on the busy worker), %d errors\n"):format(s.rps, s.p50 or 0, s.p90 or 0, s.p99 or 0,
+    s.p999 or 0, s.max or 0, 100 * (s.slow or 0), 100 * (s.busy_share or 0), tostring(busy_ms),
+    s.ka_p99 or 0, s.polls, 100 * (s.polls_busy or 0), s.errors))
   return s
 end
 
@@ -377,18 +384,20 @@ local function main()
     lua_bin, io.popen("nproc"):read("*l") or "?"))
   print("")
   print("| balance | new-conn req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | answered in >= 2 ms"
-    .. " | share on the busy worker | busy worker's ms blocked | keep-alive req/s | keep-alive p99 ms | errors |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    .. " | share on the busy worker | busy worker's ms blocked | long polls on the busy worker"
+    .. " | keep-alive req/s | keep-alive p99 ms | errors |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for _, b in ipairs(BALANCES) do
     local list = results[b]
     local errors = 0
     for _, s in ipairs(list) do errors = errors + s.errors end
-    print(("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |"):format(b,
+    print(("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |"):format(b,
       f(median(list, "rps"), "%.0f"), f(median(list, "p50"), "%.2f"), f(median(list, "p90"), "%.2f"),
       f(median(list, "p99"), "%.2f"), f(median(list, "p999"), "%.2f"), f(median(list, "max"), "%.1f"),
       f(median(list, "slow") and 100 * median(list, "slow"), "%.1f%%"),
       f(median(list, "busy_share") and 100 * median(list, "busy_share"), "%.0f%%"),
-      f(median(list, "busy_ms"), "%.0f"), f(median(list, "ka_rps"), "%.0f"),
+      f(median(list, "busy_ms"), "%.0f"),
+      f(median(list, "polls_busy") and 100 * median(list, "polls_busy"), "%.0f%%"), f(median(list, "ka_rps"), "%.0f"),
       f(median(list, "ka_p99"), "%.2f"), errors))
   end
   local worst, suspect, all = 0, 0, 0
