@@ -3,7 +3,8 @@
 -- blocks its loop for 5 ms on every 10th request it answers (see
 -- server.lua), under a mix of
 --
---   BENCH_RATE (1000)    requests per second, each on a new connection
+--   BENCH_RATE (1000,3000) requests per second (a list: two table rows
+--                        per rate), each on a new connection
 --                        ("R"), so every one goes through the master's
 --                        dispatch; open loop: started on schedule (every
 --                        millisecond, those due), whether or not earlier
@@ -16,9 +17,11 @@
 --                        for its answer, then a new one is opened
 --
 -- The clients are this process (Lua on luv). BENCH_RUNS (3) runs of
--- BENCH_SECONDS (5) per balance, interleaved (roundrobin, leastconn, then
--- the other way round); the first 0.5 s of each is not measured. Medians of
--- the runs, one markdown table.
+-- BENCH_SECONDS (5) per balance and rate, interleaved (roundrobin,
+-- leastconn, then the other way round); the first 0.5 s of each is not
+-- measured. Medians of the runs, one markdown table. At 1000/s the busy
+-- worker is blocked about a third of the time under roundrobin; at 3000/s
+-- round robin gives it more than it can answer.
 --
 --   lua5.4 bench/balance/run.lua       (from the repository root, after make)
 --
@@ -31,7 +34,8 @@ local uv = require("luv")
 
 local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 3
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "") or 5
-local RATE = tonumber(os.getenv("BENCH_RATE") or "") or 1000
+local RATES = {}
+for r in (os.getenv("BENCH_RATE") or "1000,3000"):gmatch("%d+") do RATES[#RATES + 1] = tonumber(r) end
 local KEEPALIVE = tonumber(os.getenv("BENCH_KEEPALIVE") or "") or 4
 local KEEPALIVE_MS = tonumber(os.getenv("BENCH_KEEPALIVE_MS") or "") or 10
 local LONGPOLL = tonumber(os.getenv("BENCH_LONGPOLL") or "") or 16
@@ -176,7 +180,7 @@ local function percentile(sorted, q)
 end
 
 -- One run against the server on port: latencies (ms) and counts.
-local function load(port)
+local function load(port, rate)
   local r = { newconn = {}, keepalive = {}, by_worker = {}, errors = 0, polls = 0, polls_busy = 0 }
   local t_start = uv.hrtime()
   local measuring, running = false, true
@@ -218,10 +222,10 @@ local function load(port)
     end)
   end
 
-  -- Every millisecond, the requests due by now at RATE per second.
+  -- Every millisecond, the requests due by now at `rate` per second.
   local ticker, started = uv.new_timer(), 0
   ticker:start(1, 1, function()
-    local due = math.floor((uv.hrtime() - t_start) / 1e9 * RATE)
+    local due = math.floor((uv.hrtime() - t_start) / 1e9 * rate)
     while started < due do
       started = started + 1
       newconn_request()
@@ -292,9 +296,9 @@ end
 
 -- Runs ---------------------------------------------------------------------
 
-local results = {} -- balance -> list of run summaries
+local results = {} -- rate -> balance -> list of run summaries
 
-local function run_one(balance)
+local function run_one(balance, rate)
   local port = free_port()
   local p = start_server(balance, port)
   local ready = wait_for(function()
@@ -309,7 +313,7 @@ local function run_one(balance)
   local pids = children_of(p.pid)
   local m0, b0 = machine_ticks()
   local o0 = tree_ticks(pids)
-  local r = load(port)
+  local r = load(port, rate)
   local m1, b1 = machine_ticks()
   local o1 = tree_ticks(pids)
   stop_server(p)
@@ -337,7 +341,7 @@ local function run_one(balance)
     busy_share = n > 0 and on_busy / n or nil, busy_ms = busy_ms, errors = r.errors, polls = r.polls,
     polls_busy = r.polls > 0 and r.polls_busy / r.polls or nil,
   }
-  io.stderr:write(("run.lua: %-10s others %s,"):format(balance,
+  io.stderr:write(("run.lua: %d/s %-10s others %s,"):format(rate, balance,
     others and ("%.0f%%"):format(100 * others) or "?"))
   io.stderr:write((" new-conn %6.0f req/s p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.1f ms,"
     .. " %.1f%% >= 2 ms, %.0f%% on the busy worker (busy %s ms), keep-alive p99 %.2f ms, %d polls"
@@ -349,18 +353,19 @@ end
 
 -- One run, done again while other processes were busy during it.
 local retried = 0
-local function run_counted(balance)
+local function run_counted(balance, rate)
   local s
   for attempt = 0, RETRY_BUSY do
     if attempt > 0 then
       retried = retried + 1
       wait_quiet(30)
     end
-    s = run_one(balance)
+    s = run_one(balance, rate)
     if not (s.others and s.others > BUSY) then break end
   end
-  results[balance] = results[balance] or {}
-  table.insert(results[balance], s)
+  results[rate] = results[rate] or {}
+  results[rate][balance] = results[rate][balance] or {}
+  table.insert(results[rate][balance], s)
 end
 
 local function median(list, field)
@@ -375,23 +380,25 @@ end
 local function main()
   for run = 1, RUNS do
     local order = run % 2 == 1 and { 1, 2 } or { 2, 1 }
-    for _, i in ipairs(order) do run_counted(BALANCES[i]) end
+    for _, rate in ipairs(RATES) do
+      for _, i in ipairs(order) do run_counted(BALANCES[i], rate) end
+    end
   end
   local function f(v, fmt) return v and fmt:format(v) or "n/a" end
-  print(("### bench/balance: medians of %d runs of %d s; %d new-connection requests/s, %d keep-alive clients"
-    .. " (one request per %d ms), %d long polls (%d ms); 2 workers, worker 1 busy-waits 5 ms every 10th"
-    .. " request; %s, %s cores"):format(RUNS, SECONDS, RATE, KEEPALIVE, KEEPALIVE_MS, LONGPOLL, POLL_MS,
-    lua_bin, io.popen("nproc"):read("*l") or "?"))
+  print(("### bench/balance: medians of %d runs of %d s; new-connection requests at %s per second, %d keep-alive"
+    .. " clients (one request per %d ms), %d long polls (%d ms); 2 workers, worker 1 busy-waits 5 ms every 10th"
+    .. " request; %s, %s cores"):format(RUNS, SECONDS, table.concat(RATES, " and "), KEEPALIVE, KEEPALIVE_MS,
+    LONGPOLL, POLL_MS, lua_bin, io.popen("nproc"):read("*l") or "?"))
   print("")
-  print("| balance | new-conn req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | answered in >= 2 ms"
+  print("| rate/s | balance | new-conn req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | answered in >= 2 ms"
     .. " | share on the busy worker | busy worker's ms blocked | long polls on the busy worker"
     .. " | keep-alive req/s | keep-alive p99 ms | errors |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for _, b in ipairs(BALANCES) do
-    local list = results[b]
+  print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for _, rate in ipairs(RATES) do for _, b in ipairs(BALANCES) do
+    local list = results[rate][b]
     local errors = 0
     for _, s in ipairs(list) do errors = errors + s.errors end
-    print(("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |"):format(b,
+    print(("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |"):format(rate, b,
       f(median(list, "rps"), "%.0f"), f(median(list, "p50"), "%.2f"), f(median(list, "p90"), "%.2f"),
       f(median(list, "p99"), "%.2f"), f(median(list, "p999"), "%.2f"), f(median(list, "max"), "%.1f"),
       f(median(list, "slow") and 100 * median(list, "slow"), "%.1f%%"),
@@ -399,13 +406,15 @@ local function main()
       f(median(list, "busy_ms"), "%.0f"),
       f(median(list, "polls_busy") and 100 * median(list, "polls_busy"), "%.0f%%"), f(median(list, "ka_rps"), "%.0f"),
       f(median(list, "ka_p99"), "%.2f"), errors))
-  end
+  end end
   local worst, suspect, all = 0, 0, 0
-  for _, b in ipairs(BALANCES) do
-    for _, s in ipairs(results[b]) do
-      all = all + 1
-      if s.others and s.others > worst then worst = s.others end
-      if s.others and s.others > BUSY then suspect = suspect + 1 end
+  for _, rate in ipairs(RATES) do
+    for _, b in ipairs(BALANCES) do
+      for _, s in ipairs(results[rate][b]) do
+        all = all + 1
+        if s.others and s.others > worst then worst = s.others end
+        if s.others and s.others > BUSY then suspect = suspect + 1 end
+      end
     end
   end
   print("")
