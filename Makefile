@@ -131,9 +131,11 @@ bench-http: build
 	LUA=$(LUA) lua5.4 bench/http/run.lua
 
 # p99 latency under rr with balance roundrobin vs leastconn when one worker
-# blocks its loop now and then (bench/balance/run.lua says how it runs).
+# blocks its loop now and then (bench/balance/run.lua says how it runs),
+# and the clients balance "source" moves when a worker comes or goes.
 bench-balance: build
 	LUA=$(LUA) $(LUA) bench/balance/run.lua
+	$(LUA) bench/balance/source.lua
 
 clean:
 	rm -rf build
