@@ -41,7 +41,7 @@ TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblu
             haproxy iproute2
 
 .PHONY: all build peer-build lint test test-sigchld test-hosts asan valgrind fuzz check deps-run deps-test demo \
-        install rock bench bench-http clean
+        install rock bench bench-http bench-balance clean
 
 all: build
 build: $(BUILD)/cluster/core.so
@@ -158,6 +158,13 @@ bench-http: build
 	@$(MAKE) --no-print-directory build LUA=luajit CFLAGS="$(CFLAGS)"
 	$(call apt_install,wrk nginx-light)
 	LUA=$(LUA) lua5.4 bench/http/run.lua
+
+# p99 latency under rr with balance roundrobin vs leastconn when one worker
+# blocks its loop now and then (bench/balance/run.lua says how it runs),
+# and the clients balance "source" moves when a worker comes or goes.
+bench-balance: build
+	LUA=$(LUA) $(LUA) bench/balance/run.lua
+	$(LUA) bench/balance/source.lua
 
 clean:
 	rm -rf build

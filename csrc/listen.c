@@ -15,6 +15,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -318,6 +319,109 @@ fail_nofd:;
 }
 
 /* -------------------------------------------------------------------------
+ * Balancing: a 32-bit hash of a client's IP address (for balance =
+ * "source") and the rendezvous pick over the workers' keys. */
+
+/* MurmurHash3's 32-bit finalizer: every input bit reaches every output bit. */
+static uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bU;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35U;
+  h ^= h >> 16;
+  return h;
+}
+
+/* The same finalizer on 64 bits. */
+static uint64_t fmix64(uint64_t k) {
+  k ^= k >> 33;
+  k *= 0xff51afd7ed558ccdULL;
+  k ^= k >> 33;
+  k *= 0xc4ceb9fe1a85ec53ULL;
+  k ^= k >> 33;
+  return k;
+}
+
+/* FNV-1a over the address bytes, then mixed. The port is left out: one
+ * client, many connections. An IPv4-mapped IPv6 address hashes as its IPv4
+ * address, so a client is the same client on a dual-stack listener.
+ * Returns 0 and sets *out, or -1 for an address without an IP (unix). */
+static int peer_hash_of(const struct sockaddr_storage *ss, uint32_t *out) {
+  const unsigned char *bytes;
+  size_t n;
+  if (ss->ss_family == AF_INET) {
+    bytes = (const unsigned char *)&((const struct sockaddr_in *)ss)->sin_addr;
+    n = 4;
+  } else if (ss->ss_family == AF_INET6) {
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    bytes = a->s6_addr;
+    n = 16;
+    if (IN6_IS_ADDR_V4MAPPED(a)) {
+      bytes += 12;
+      n = 4;
+    }
+  } else {
+    return -1;
+  }
+  uint32_t h = 2166136261U;
+  for (size_t i = 0; i < n; i++) {
+    h ^= bytes[i];
+    h *= 16777619U;
+  }
+  *out = fmix32(h);
+  return 0;
+}
+
+/* core.peer_hash(fd) -> hash | false (not an IP socket) | nil, err, ENAME
+ * The client address hash of a connected socket (getpeername). */
+static int l_peer_hash(lua_State *L) {
+  int fd = check_fd(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  memset(&ss, 0, sizeof ss);
+  if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) {
+    char what[48];
+    snprintf(what, sizeof what, "getpeername fd %d", fd);
+    return core_push_errno(L, what, errno);
+  }
+  uint32_t h;
+  if (peer_hash_of(&ss, &h) == 0) lua_pushinteger(L, (lua_Integer)h);
+  else lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* core.rendezvous(hash, keys, n) -> i
+ * Rendezvous (highest random weight) hashing: of keys[1..n] (integers, the
+ * workers' ids, taken modulo 2^32), the index of the one that scores
+ * highest with `hash`.
+ * Each (key, hash) pair scores independently of the other keys, so adding
+ * a key takes about 1/(n+1) of the hashes, all to itself, and removing one
+ * moves only the hashes it had. Equal keys score equal: the first wins. */
+static int l_rendezvous(lua_State *L) {
+  lua_Integer hash = luaL_checkinteger(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer n = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, n >= 1 && n <= INT_MAX, 3, "must be 1 or more");
+  int best = 0;
+  uint64_t best_score = 0;
+  for (int i = 1; i <= (int)n; i++) {
+    lua_rawgeti(L, 2, i);
+    int isint = 0;
+    lua_Integer key = lua_tointegerx(L, -1, &isint);
+    lua_pop(L, 1);
+    if (!isint) return luaL_argerror(L, 2, lua_pushfstring(L, "key %d is not an integer", i));
+    /* fmix64 is a bijection: distinct (key, hash) pairs never tie. */
+    uint64_t score = fmix64(((uint64_t)(uint32_t)key << 32) | (uint32_t)hash);
+    if (best == 0 || score > best_score) {
+      best = i;
+      best_score = score;
+    }
+  }
+  lua_pushinteger(L, best);
+  return 1;
+}
+
+/* -------------------------------------------------------------------------
  * Accepting */
 
 /* Errors of a connection that died in the queue, not of the listener:
@@ -348,28 +452,44 @@ static int is_listening(int fd) {
   return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on;
 }
 
-/* core.accept(fd[, max]) -> { fd, ... } (empty when nothing is pending)
- *                         | nil, err, ENAME
+/* core.accept(fd[, max[, hashes]]) -> { fd, ... } (empty when nothing is
+ *                                     pending)[, { hash, ... }]
+ *                                   | nil, err, ENAME
  * Takes up to max (64) connections. Once it has some, an error ends the
  * call with what it has (the next call meets the error again), so no
- * accepted fd is dropped. */
+ * accepted fd is dropped. With `hashes` true, a second table holds each
+ * connection's client address hash (as core.peer_hash; false for a unix
+ * socket), from the address accept4 fills in anyway: no extra syscall. */
 static int l_accept(lua_State *L) {
   int fd = check_fd(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, DEFAULT_ACCEPT_MAX);
   luaL_argcheck(L, max >= 1 && max <= ACCEPT_MAX_LIMIT, 2, "must be 1..4096");
+  int want_hashes = lua_toboolean(L, 3);
 
-  /* Sized for max so that storing the fds cannot allocate, and so cannot
-   * raise with accepted fds in hand. */
+  /* Sized for max so that storing the fds (and hashes) cannot allocate,
+   * and so cannot raise with accepted fds in hand. */
   lua_createtable(L, (int)max, 0);
+  if (want_hashes) lua_createtable(L, (int)max, 0);
+  int fds_at = want_hashes ? -3 : -2; /* the fds table, below a pushed value */
   int n = 0;
   /* A flood of aborted connections must not keep us here forever: the
    * listener stays readable and the next call goes on. */
   lua_Integer skipped = 0;
   while (n < max) {
-    int conn = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss;
+    if (want_hashes) ss.ss_family = AF_UNSPEC;
+    int conn = want_hashes ? accept4(fd, (struct sockaddr *)&ss, &sslen, SOCK_CLOEXEC | SOCK_NONBLOCK)
+                           : accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (conn >= 0) {
       lua_pushinteger(L, conn);
-      lua_rawseti(L, -2, ++n);
+      lua_rawseti(L, fds_at, ++n);
+      if (want_hashes) {
+        uint32_t h;
+        if (peer_hash_of(&ss, &h) == 0) lua_pushinteger(L, (lua_Integer)h);
+        else lua_pushboolean(L, 0);
+        lua_rawseti(L, -2, n);
+      }
       continue;
     }
     int err = errno;
@@ -385,7 +505,7 @@ static int l_accept(lua_State *L) {
     snprintf(what, sizeof what, "accept fd %d", fd);
     return core_push_errno(L, what, err);
   }
-  return 1;
+  return want_hashes ? 2 : 1;
 }
 
 /* core.sockname(fd) -> { address =, port =, family = } | nil, err, ENAME */
@@ -455,6 +575,8 @@ void listen_open(lua_State *L) {
   static const luaL_Reg fns[] = {{"listen_socket", l_listen_socket},
                                  {"accept", l_accept},
                                  {"sockname", l_sockname},
+                                 {"peer_hash", l_peer_hash},
+                                 {"rendezvous", l_rendezvous},
                                  {"set_nonblocking", l_set_nonblocking},
                                  {"set_cloexec", l_set_cloexec},
                                  {NULL, NULL}};

@@ -5,6 +5,7 @@
 -- with a canned 200 "hello world\n".
 --
 --   BENCH_PORT=8080 LUA_CLUSTER_SCHED_POLICY=rr lua5.4 bench/http/lua_server.lua [seconds]
+--   (BENCH_BALANCE=leastconn: settings.balance for rr)
 --
 -- Protocol (the same as node_server.js): the master prints "ready" once both
 -- workers are 'listening'. On SIGINT/SIGTERM (or after `seconds`, default
@@ -37,6 +38,8 @@ if cluster.isMaster then
     os.exit(2)
   end
   local lifetime = tonumber(arg[1]) or 300
+  -- BENCH_BALANCE: settings.balance under rr (bench/http's leastconn rows).
+  if os.getenv("BENCH_BALANCE") then cluster.setup({ balance = os.getenv("BENCH_BALANCE") }) end
 
   local workers, listening, stopping = {}, 0, false
   local sigint, sigterm, life = uv.new_signal(), uv.new_signal(), uv.new_timer()

@@ -12,7 +12,8 @@
 -- Environment:
 --   BENCH_RUNS (3), BENCH_SECONDS (5, wrk -d), BENCH_CONNECTIONS (64, wrk -c),
 --   BENCH_THREADS (2, wrk -t), BENCH_NODE_HTTP=0 (skip Node's http module rows),
---   BENCH_ONLY=lua-rr,nginx,... (only these servers, keys as in SERVERS below),
+--   BENCH_ONLY=lua-rr,nginx,... (only these servers, keys as in SERVERS below;
+--   lua-rr-leastconn and jit-rr-leastconn are rr with settings.balance = "leastconn"),
 --   BENCH_SVG=path (also write a bar chart of the medians as SVG),
 --   BENCH_RETRY_BUSY=N (0: do a run again, up to N times, when other
 --   processes took more than 15% of the CPU during it; the last attempt counts).
@@ -58,12 +59,16 @@ local function have(cmd) return capture("command -v " .. cmd .. " 2>/dev/null") 
 
 local SERVERS = {
   { key = "lua-rr", label = "luv-cluster rr", kind = "lua", env = { LUA_CLUSTER_SCHED_POLICY = "rr" } },
+  { key = "lua-rr-leastconn", label = "luv-cluster rr, balance leastconn", kind = "lua",
+    env = { LUA_CLUSTER_SCHED_POLICY = "rr", BENCH_BALANCE = "leastconn" } },
   { key = "lua-shared", label = "luv-cluster shared", kind = "lua", env = { LUA_CLUSTER_SCHED_POLICY = "shared" } },
   { key = "lua-reuseport", label = "luv-cluster reuseport", kind = "lua",
     env = { LUA_CLUSTER_SCHED_POLICY = "reuseport" } },
   -- the same three under LuaJIT (BENCH_LUAJIT=luajit by default; 0: skip)
   { key = "jit-rr", label = "luv-cluster rr, LuaJIT", kind = "lua", jit = true,
     env = { LUA_CLUSTER_SCHED_POLICY = "rr" } },
+  { key = "jit-rr-leastconn", label = "luv-cluster rr, balance leastconn, LuaJIT", kind = "lua", jit = true,
+    env = { LUA_CLUSTER_SCHED_POLICY = "rr", BENCH_BALANCE = "leastconn" } },
   { key = "jit-shared", label = "luv-cluster shared, LuaJIT", kind = "lua", jit = true,
     env = { LUA_CLUSTER_SCHED_POLICY = "shared" } },
   { key = "jit-reuseport", label = "luv-cluster reuseport, LuaJIT", kind = "lua", jit = true,

@@ -33,10 +33,16 @@ local KINDS = {
   listening = { from = "worker", fields = { key = string_, address = table_ } },
   close = { from = "worker", fields = { key = string_ } },
   handback = { from = "worker", fields = { key = string_ }, fd = "required" },
+  -- total: how many connections from the master (newconn) this worker has
+  -- closed since it started, a running total, so a late or refused report
+  -- is made good by the next. Sent only while the master asks (newconn's
+  -- `count`), at most once per share_worker.REPORT_INTERVAL_MS.
+  closedconns = { from = "worker", fields = { total = integer } },
   -- master -> worker
   reply = { from = "master", fields = { seq = integer }, fd = "optional" },
   disconnect = { from = "master" },
   ping = { from = "master" },
+  -- count = true (balance "leastconn"): report closes with closedconns.
   newconn = { from = "master", fields = { key = string_ }, fd = "required" },
 }
 -- Each kind's checks as an array of { name, check }, walked with a numeric

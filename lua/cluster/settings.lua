@@ -58,11 +58,14 @@ local schema = {
   maxMessageSize = { is_size, "an integer number of bytes from 1 to 4 GiB - 1" },
   sendHighWaterMark = { is_byte_count, "an integer number of bytes, 0 or more" },
   maxQueueSize = { is_queue_size, "an integer number of bytes, 1 or more" },
+  balance = { function(v) return settings.BALANCES[v] == true end, '"roundrobin", "leastconn" or "source"' },
 }
 
 settings.DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 settings.DEFAULT_SEND_HIGH_WATER_MARK = 1024 * 1024
 settings.DEFAULT_MAX_QUEUE_SIZE = 256 * 1024 * 1024
+-- How "rr" picks the worker for a connection (share_master.lua).
+settings.BALANCES = { roundrobin = true, leastconn = true, source = true }
 
 local function copy(v)
   if type(v) ~= "table" then return v end
@@ -85,7 +88,10 @@ function settings.validate(given, level)
       error(("cluster.setup: unknown setting '%s'"):format(tostring(k)), level + 1)
     end
     if v ~= false and not rule[1](v) then
-      error(("cluster.setup: setting '%s' must be %s (got %s)"):format(k, rule[2], type(v)), level + 1)
+      -- A string is shown itself: "balance" = "fastest" is a wrong name,
+      -- not a wrong type.
+      local got = type(v) == "string" and ("%q"):format(v:sub(1, 60)) or type(v)
+      error(("cluster.setup: setting '%s' must be %s (got %s)"):format(k, rule[2], got), level + 1)
     end
   end
 end
@@ -106,6 +112,7 @@ function settings.defaults(script)
     maxMessageSize = settings.DEFAULT_MAX_MESSAGE_SIZE,
     sendHighWaterMark = settings.DEFAULT_SEND_HIGH_WATER_MARK,
     maxQueueSize = settings.DEFAULT_MAX_QUEUE_SIZE,
+    balance = "roundrobin",
   }
 end
 

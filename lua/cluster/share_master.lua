@@ -3,7 +3,14 @@
 -- binds and closed with the last. Policies:
 --   shared     the master binds once and gives each worker the listening fd
 --   rr         the master accepts (core.accept, in C) and hands each
---              connection's fd to the next ready worker
+--              connection's fd to a ready worker, which settings.balance
+--              picks:
+--                roundrobin  the next one in turn
+--                leastconn   the one with the fewest connections handed to
+--                            it and not yet closed (ties in turn); workers
+--                            report closes in batches (closedconns)
+--                source      rendezvous hashing of the client's IP address
+--                            over the ready workers' ids (core.rendezvous)
 --   reuseport  each worker gets its own SO_REUSEPORT listening socket; the
 --              master holds the port with a bound, non-listening one
 -- UDP is always shared.
@@ -91,6 +98,7 @@ function share.install(cluster)
     end
     if server.retry then server.retry:close() end
     for _, fd in ipairs(server.queue or {}) do core.close(fd) end
+    server.hashes = nil
     if server.inherited then
       server.inherited.taken = false -- systemd's socket: kept for a later bind
       return
@@ -104,7 +112,99 @@ function share.install(cluster)
     return server.listening[worker] and worker:isConnected() and not worker._draining
   end
 
+  -- Connections handed to a worker that it has not given back or closed.
+  -- `_handed` and `_handed_back` are counted here under every balance;
+  -- `_closed` is the worker's own running total, reported while leastconn
+  -- is in force (closedconns), so it may lag by the report interval.
+  local function open_conns(worker)
+    return worker._handed - worker._handed_back - worker._closed
+  end
+
+  -- The index in server.order of the worker for a connection, or nil when
+  -- no worker can take one. `hash` is the client address hash (source);
+  -- `refused` holds workers whose channel just refused this connection.
+  local function pick_roundrobin(server, refused)
+    local order = server.order
+    local n = #order
+    for _ = 1, n do
+      server.turn = server.turn % n + 1
+      local worker = order[server.turn]
+      if ready(server, worker) and not (refused and refused[worker]) then return server.turn end
+    end
+    return nil
+  end
+
+  local function pick_leastconn(server, _, refused)
+    local order, turn = server.order, server.turn
+    local n = #order
+    local best, fewest
+    -- From the one after the last pick, so ties go round robin.
+    for k = 1, n do
+      local i = (turn + k - 1) % n + 1
+      local worker = order[i]
+      if ready(server, worker) and not (refused and refused[worker]) then
+        local conns = open_conns(worker)
+        if not fewest or conns < fewest then best, fewest = i, conns end
+      end
+    end
+    if best then server.turn = best end
+    return best
+  end
+
+  local keys, places = {}, {} -- source's scratch lists: ids and their index in order
+  local function pick_source(server, hash, refused)
+    if not hash then return pick_roundrobin(server, refused) end -- a unix socket's client
+    local order, n = server.order, 0
+    for i = 1, #order do
+      local worker = order[i]
+      if ready(server, worker) and not (refused and refused[worker]) then
+        n = n + 1
+        keys[n], places[n] = worker.id, i
+      end
+    end
+    if n == 0 then return nil end
+    return places[core.rendezvous(hash, keys, n)]
+  end
+
+  local PICK = { leastconn = pick_leastconn, source = pick_source }
+
+  -- leastconn and source: one pick per connection; a worker whose channel
+  -- refuses it is left out for that connection only.
+  local function dispatch_balanced(server, pick, count)
+    local queue, order, hashes = server.queue, server.order, server.hashes
+    while #queue > 0 do
+      local fd = queue[1]
+      local hash = hashes[fd]
+      local refused
+      local i = pick(server, hash, nil)
+      while i do
+        local worker = order[i]
+        if worker:_send_internal("newconn", { key = server.key, count = count }, fd, true) ~= nil then
+          worker._handed = worker._handed + 1
+          table.remove(queue, 1)
+          hashes[fd] = nil
+          break
+        end
+        refused = refused or {}
+        refused[worker] = true
+        i = pick(server, hash, refused)
+      end
+      if not i then
+        server.poll:stop()
+        server.paused = true
+        return
+      end
+    end
+    if server.paused then
+      server.paused = false
+      server.poll:start("r", server.on_readable)
+    end
+  end
+
   local function dispatch(server)
+    local balance = cluster.settings.balance
+    local pick = PICK[balance]
+    if pick then return dispatch_balanced(server, pick, balance == "leastconn" or nil) end
     local queue, order = server.queue, server.order
     while #queue > 0 do
       local n, sent = #order, false
@@ -116,6 +216,7 @@ function share.install(cluster)
           -- copy). A send that is refused (channel closed, queue full)
           -- leaves it ours and tries the next worker.
           if worker:_send_internal("newconn", { key = server.key }, queue[1], true) ~= nil then
+            worker._handed = worker._handed + 1
             table.remove(queue, 1)
             sent = true
             break
@@ -137,9 +238,11 @@ function share.install(cluster)
 
   local function start_rr(server)
     server.queue, server.order, server.turn, server.listening = {}, {}, 0, {}
+    server.hashes = {} -- fd -> client address hash, for the queued ones (source)
     server.poll = uv.new_poll(server.fd)
     server.on_readable = function()
-      local fds, _, name = core.accept(server.fd, 64)
+      local source = cluster.settings.balance == "source"
+      local fds, hashes, name = core.accept(server.fd, 64, source)
       if not fds then
         -- Out of fds or memory: the connection stays in the kernel's
         -- backlog (better than accepted and dropped) and a level-triggered
@@ -155,6 +258,10 @@ function share.install(cluster)
       end
       local queue = server.queue
       for i = 1, #fds do queue[#queue + 1] = fds[i] end
+      if source then
+        local by_fd = server.hashes
+        for i = 1, #fds do by_fd[fds[i]] = hashes[i] end
+      end
       dispatch(server)
     end
     server.poll:start("r", server.on_readable)
@@ -253,7 +360,12 @@ function share.install(cluster)
     local mine = held[worker] or {}
     held[worker] = mine
     mine[key] = (mine[key] or 0) + 1
-    if server.order then server.order[#server.order + 1] = worker end
+    if server.order then
+      server.order[#server.order + 1] = worker
+      worker._handed = worker._handed or 0
+      worker._handed_back = worker._handed_back or 0
+      worker._closed = worker._closed or 0
+    end
     return protocol.message("reply", { seq = request.seq, key = key, policy = server.policy,
       address = server.address }), fd, server.policy == "reuseport"
   end
@@ -305,14 +417,23 @@ function share.install(cluster)
   protocol.handle("close", function(worker, message)
     release(worker, message.key)
   end)
-  protocol.handle("handback", function(_, message, fd)
+  protocol.handle("handback", function(worker, message, fd)
+    worker._handed_back = (worker._handed_back or 0) + 1
     local server = servers[message.key]
     if server and server.queue then
       table.insert(server.queue, 1, fd)
+      if cluster.settings.balance == "source" then
+        server.hashes[fd] = core.peer_hash(fd) or nil -- false for unix: round robin
+      end
       dispatch(server)
     else
       core.close(fd)
     end
+  end)
+  protocol.handle("closedconns", function(worker, message)
+    -- A running total: an older one (reordered it cannot be, but a
+    -- confused worker might send one) never lowers it.
+    if message.total > (worker._closed or 0) then worker._closed = message.total end
   end)
 
   -- The worker will not take new connections (it is disconnecting).

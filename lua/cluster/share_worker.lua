@@ -20,6 +20,15 @@ local share = {}
 
 local REQUEST_TIMEOUT_MS = 10000
 
+-- Balance "leastconn": the master counts the connections it hands this
+-- worker; the worker counts those it has closed and reports the running
+-- total (closedconns) on the loop turn after a close, and then at most
+-- once per REPORT_INTERVAL_MS, so a burst of closes costs one message.
+-- A report the channel refuses (queue full) is tried again after
+-- REPORT_RETRY_MS.
+share.REPORT_INTERVAL_MS = 1
+local REPORT_RETRY_MS = 100
+
 -- Error results in luv's own shape: nil, "ENAME: message", "ENAME".
 local function luv_error(name, message)
   return nil, name .. ": " .. message, name
@@ -46,6 +55,36 @@ function share.install(cluster, worker)
   --             pending = { fds }, cb = listen callback, error = {name, msg} }
   local servers = {}
   local port0_count = {} -- "type:address" -> port-0 binds so far
+
+  -- Connections from the master, counted as they close (see
+  -- REPORT_INTERVAL_MS). `received` holds the client handles they were
+  -- opened into, until closed.
+  local received = setmetatable({}, { __mode = "k" })
+  local closed_total = 0
+  local reporting = false -- the master asked for reports (newconn.count)
+  local report_timer, report_due, last_report = nil, false, -math.huge
+
+  local function report()
+    report_due = false
+    local queued = worker:_send_internal("closedconns", { total = closed_total })
+    last_report = uv.now()
+    if queued == nil and worker:isConnected() then
+      report_due = true
+      report_timer:start(REPORT_RETRY_MS, 0, report)
+    end
+  end
+
+  local function count_close()
+    closed_total = closed_total + 1
+    if not reporting or report_due then return end
+    report_due = true
+    if not report_timer then
+      report_timer = uv.new_timer()
+      report_timer:unref() -- a report alone does not keep a worker running
+    end
+    local wait = last_report + share.REPORT_INTERVAL_MS - uv.now()
+    report_timer:start(wait > 0 and wait or 0, 0, report)
+  end
 
   local function ask(request)
     local reply, fd = protocol.request(worker._channel, "serve", request, REQUEST_TIMEOUT_MS)
@@ -171,7 +210,12 @@ function share.install(cluster, worker)
     if not fd then return luv_error(EAGAIN[1], EAGAIN[2]) end
     local open = server.type == "pipe" and orig.pipe_open or orig.tcp_open
     local ok, err, name = open(client, fd)
-    if not ok then core.close(fd) end
+    if ok then
+      received[client] = true
+    else
+      core.close(fd)
+      count_close()
+    end
     return ok, err, name
   end
 
@@ -184,12 +228,20 @@ function share.install(cluster, worker)
     if not server.key then return end
     worker:_send_internal("close", { key = server.key })
     for _, fd in ipairs(server.pending or {}) do
-      if worker:_send_internal("handback", { key = server.key }, fd, true) == nil then core.close(fd) end
+      if worker:_send_internal("handback", { key = server.key }, fd, true) == nil then
+        core.close(fd)
+        count_close()
+      end
     end
   end
 
   local function close(handle, cb)
-    release(handle)
+    if received[handle] then
+      received[handle] = nil
+      count_close()
+    else
+      release(handle)
+    end
     return orig.close(handle, cb)
   end
 
@@ -211,6 +263,7 @@ function share.install(cluster, worker)
 
   -- A connection from the master for an rr server.
   protocol.handle("newconn", function(_, message, fd)
+    reporting = message.count == true
     for _, server in pairs(servers) do
       if server.key == message.key and server.rr and server.listening then
         local pending = server.pending
@@ -220,7 +273,10 @@ function share.install(cluster, worker)
       end
     end
     -- Closed meanwhile: back to the master, which gives it to another worker.
-    if worker:_send_internal("handback", { key = message.key }, fd, true) == nil then core.close(fd) end
+    if worker:_send_internal("handback", { key = message.key }, fd, true) == nil then
+      core.close(fd)
+      count_close()
+    end
   end)
   -- A reply that came after its request gave up waiting.
   protocol.handle("reply", function(_, _, fd) protocol.release(fd) end)

@@ -47,7 +47,7 @@ local FDS_PER_WORKER, FDS_PER_SILENT_WORKER = 3, 5
 local POLICIES = { rr = true, shared = true, reuseport = true }
 
 -- Settings passed through to cluster.setup for every fork.
-local SETUP_KEYS = { "exec", "args", "lua", "luaArgs", "env", "cwd", "silent", "detached", "uid", "gid" }
+local SETUP_KEYS = { "exec", "args", "lua", "luaArgs", "env", "cwd", "silent", "detached", "uid", "gid", "balance" }
 
 local function fail(msg, level)
   error("cluster.supervise: " .. msg, (level or 1) + 1)
