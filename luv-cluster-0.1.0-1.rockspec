@@ -30,6 +30,7 @@ build = {
       ["cluster.channel"] = "lua/cluster/channel.lua",
       ["cluster.child"] = "lua/cluster/child.lua",
       ["cluster.compat"] = "lua/cluster/compat.lua",
+      ["cluster.control"] = "lua/cluster/control.lua",
       ["cluster.defer"] = "lua/cluster/defer.lua",
       ["cluster.emitter"] = "lua/cluster/emitter.lua",
       ["cluster.master"] = "lua/cluster/master.lua",

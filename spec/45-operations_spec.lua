@@ -320,3 +320,133 @@ describe("sv:replace", function()
     assert.is_nil(index_of("draining"))
   end)
 end)
+
+-- The control socket (--control PATH) and the commands that use it.
+describe("luv-cluster --control", function()
+  local tmp, path
+
+  before_each(function()
+    tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-control-XXXXXX"))
+    path = tmp .. "/control.sock"
+  end)
+
+  after_each(function()
+    if run then
+      if not run.state.exited then uv.kill(run.pid, "sigkill") end
+      assert.is_true(helper.wait(function() return run.state.exited end, 3000))
+      for _, pid in ipairs(run.pids) do
+        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
+          "worker " .. pid .. " still runs")
+      end
+    end
+    run = nil
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+
+  -- Run a command (a separate process); its exit code, stdout and stderr lines.
+  local function command(list)
+    local c = helper.spawn_lua(BIN, list, nil, nil, { stderr = true })
+    assert.is_true(helper.wait(function() return c.exited and c.eof and c.err_eof end, 10000))
+    return c.code, c.lines, c.err_lines
+  end
+
+  local function runner(workers)
+    local r = start({ "-w", tostring(workers), "--control", path, helper.fixture("sv_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", workers, 5000), dump(r))
+    return r
+  end
+
+  it("answers status (text and --json), scale N, reload and stop; the socket is 0600 and gone at exit", function()
+    local r = runner(2)
+    local st = assert(uv.fs_lstat(path))
+    assert.equal("socket", st.type)
+    assert.equal(tonumber("600", 8), st.mode % 512)
+
+    local code, out = command({ "status", "--control", path })
+    assert.equal(0, code)
+    assert.matches("^slot%s+id%s+pid%s+state", out[1])
+    assert.equal(3, #out)
+    assert.matches("^1%s+1%s+%d+%s+ready", out[2])
+
+    code, out = command({ "status", "--control=" .. path, "--json" })
+    assert.equal(0, code)
+    assert.equal(1, #out)
+    assert.matches('^{"event":"stats","workers":%[{.*"state":"ready".*}%]}$', out[1])
+
+    code, out = command({ "scale", "3", "--control", path })
+    assert.same({ 0, { "scaling to 3 workers" } }, { code, out })
+    assert.is_true(wait_count(r, "ready after", 3, 5000), dump(r))
+    code, out = command({ "status", "--control", path })
+    assert.same({ 0, 4 }, { code, #out })
+
+    code, out = command({ "reload", "--control", path })
+    -- Answered once the reload is done.
+    assert.same({ 0, { "reload done (1 so far)" } }, { code, out })
+    assert.equal(1, count(r, "reload done"))
+
+    code, out = command({ "stop", "--control", path })
+    assert.same({ 0, { "stopping 3 workers" } }, { code, out })
+    assert.equal(0, wait_exit(r, 5000), dump(r))
+    assert.is_nil(uv.fs_lstat(path))
+
+    -- Nobody there now: exit 1 and why.
+    local err
+    code, out, err = command({ "status", "--control", path })
+    assert.equal(1, code)
+    assert.same({}, out)
+    assert.equal("luv-cluster: cannot connect to " .. path .. ": ENOENT", err[1])
+  end)
+
+  it("answers an error for a bad command, exit 1; usage errors exit 2", function()
+    runner(1)
+    local code, out, err = command({ "scale", "0", "--control", path })
+    assert.same({ 2, {} }, { code, out })
+    assert.equal("luv-cluster: scale: expected an integer >= 1, got '0'", err[1])
+    local _
+    code, _, err = command({ "status" })
+    assert.equal(2, code)
+    assert.equal("luv-cluster: status: --control PATH (the runner's control socket) is required", err[1])
+    -- A raw client sending what the command line would not.
+    local answer
+    require("cluster.control").request(path, "frobnicate now", function(ok, text) answer = { ok, text } end)
+    assert.is_true(helper.wait(function() return answer ~= nil end, 3000))
+    assert.same({ false, "unknown command 'frobnicate now' (status [json], reload, stop, scale N)" }, answer)
+  end)
+
+  it("takes over a socket file left by a killed runner, refuses a live one", function()
+    local first = runner(1)
+    -- A second runner on the same path while the first one serves.
+    local second = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" }, nil, { stderr = true })
+    assert.equal(2, wait_exit(second))
+    helper.wait(function() return second.state.err_eof end, 2000)
+    assert.equal("luv-cluster: control socket " .. path .. " is in use (is another runner running?)",
+      second.state.err_lines[1])
+    assert.equal(0, (command({ "status", "--control", path }))) -- the first one still answers
+
+    -- SIGKILL: no cleanup, the socket file stays.
+    uv.kill(first.pid, "sigkill")
+    assert.is_true(helper.wait(function() return first.state.exited end, 3000))
+    for _, pid in ipairs(first.pids) do
+      assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000))
+    end
+    assert.equal("socket", assert(uv.fs_lstat(path)).type)
+    runner(1)
+    local code, out = command({ "status", "--control", path })
+    assert.equal(0, code)
+    assert.equal(2, #out)
+  end)
+
+  it("refuses a path that is not a socket, leaving the file alone", function()
+    local f = assert(io.open(path, "w"))
+    f:write("precious\n")
+    f:close()
+    local r = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" }, nil, { stderr = true })
+    assert.equal(2, wait_exit(r))
+    helper.wait(function() return r.state.err_eof end, 2000)
+    assert.equal("luv-cluster: control socket path " .. path .. " exists and is not a socket; not removing it",
+      r.state.err_lines[1])
+    f = assert(io.open(path))
+    assert.equal("precious\n", f:read("*a"))
+    f:close()
+  end)
+end)
