@@ -450,3 +450,58 @@ describe("luv-cluster --control", function()
     f:close()
   end)
 end)
+
+-- --pid-file FILE: the runner's pid while it runs, gone after.
+describe("luv-cluster --pid-file", function()
+  local tmp
+  before_each(function() tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-pidfile-XXXXXX")) end)
+  after_each(function()
+    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
+    if run then helper.wait(function() return run.state.exited end, 3000) end
+    run = nil
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+
+  local function read(path)
+    local f = io.open(path)
+    if not f then return nil end
+    local text = f:read("*a")
+    f:close()
+    return text
+  end
+
+  it("holds the runner's pid while it runs and is removed at a stop", function()
+    local file = tmp .. "/run/app.pid"
+    assert(uv.fs_mkdir(tmp .. "/run", tonumber("755", 8)))
+    local r = start({ "-w", "1", "--pid-file", file, helper.fixture("sv_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    assert.equal(r.pid .. "\n", read(file))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000))
+    assert.is_nil(read(file))
+    -- Nothing else was left in its directory (no temp file).
+    assert.is_nil(uv.fs_scandir_next(assert(uv.fs_scandir(tmp .. "/run"))))
+  end)
+
+  it("leaves a pid file that names another process alone at exit", function()
+    local file = tmp .. "/app.pid"
+    local r = start({ "-w", "1", "--pid-file", file, helper.fixture("sv_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    local f = assert(io.open(file, "w"))
+    f:write("1\n")
+    f:close()
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000))
+    assert.equal("1\n", read(file))
+  end)
+
+  it("stops with status 2 when the file cannot be written", function()
+    local r = start({ "-w", "1", "--pid-file", tmp .. "/no/such/dir.pid", helper.fixture("sv_server"), "0" },
+      nil, { stderr = true })
+    assert.equal(2, wait_exit(r))
+    helper.wait(function() return r.state.err_eof end, 2000)
+    assert.matches("^luv%-cluster: %-%-pid%-file: cannot write " .. tmp:gsub("%p", "%%%0") .. "/no/such/dir%.pid: ",
+      r.state.err_lines[1])
+    assert.same({}, r.pids)
+  end)
+end)
