@@ -39,6 +39,7 @@ build = {
       ["cluster.share_worker"] = "lua/cluster/share_worker.lua",
       ["cluster.supervise"] = "lua/cluster/supervise.lua",
       ["cluster.testing"] = "lua/cluster/testing.lua",
+      ["cluster.upgrade"] = "lua/cluster/upgrade.lua",
       ["cluster.worker"] = "lua/cluster/worker.lua",
       ["cluster.core"] = {
          sources = {

@@ -410,7 +410,7 @@ describe("luv-cluster --control", function()
     local answer
     require("cluster.control").request(path, "frobnicate now", function(ok, text) answer = { ok, text } end)
     assert.is_true(helper.wait(function() return answer ~= nil end, 3000))
-    assert.same({ false, "unknown command 'frobnicate now' (status [json], reload, stop, scale N)" }, answer)
+    assert.same({ false, "unknown command 'frobnicate now' (status [json], reload, stop, scale N, upgrade)" }, answer)
   end)
 
   it("takes over a socket file left by a killed runner, refuses a live one", function()
@@ -503,5 +503,155 @@ describe("luv-cluster --pid-file", function()
     assert.matches("^luv%-cluster: %-%-pid%-file: cannot write " .. tmp:gsub("%p", "%%%0") .. "/no/such/dir%.pid: ",
       r.state.err_lines[1])
     assert.same({}, r.pids)
+  end)
+end)
+
+-- Hot upgrade (luv-cluster upgrade, SIGUSR2): a new runner from the code
+-- on disk inherits the listening sockets; the old one leaves once the new
+-- one's workers are ready, or keeps serving if they fail.
+describe("luv-cluster upgrade", function()
+  local tmp, path, pid_file, version_file, new_pid
+
+  local function set_version(v)
+    local f = assert(io.open(version_file, "w"))
+    f:write(v, "\n")
+    f:close()
+  end
+
+  local function read(file)
+    local f = io.open(file)
+    if not f then return nil end
+    local text = f:read("*a")
+    f:close()
+    return text
+  end
+
+  local function command(list)
+    local c = helper.spawn_lua(BIN, list, nil, nil, { stderr = true })
+    assert.is_true(helper.wait(function() return c.exited and c.eof and c.err_eof end, 30000))
+    return c.code, c.lines, c.err_lines
+  end
+
+  before_each(function()
+    tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-upgrade-XXXXXX"))
+    path, pid_file, version_file = tmp .. "/control.sock", tmp .. "/runner.pid", tmp .. "/version"
+    set_version("v1")
+    new_pid = nil
+  end)
+
+  after_each(function()
+    -- The new runner is not our child: it is ended by the pid it reported.
+    if new_pid and helper.alive(new_pid) then uv.kill(new_pid, "sigkill") end
+    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
+    if run then
+      helper.wait(function() return run.state.exited end, 3000)
+      for _, pid in ipairs(run.pids) do
+        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000),
+          "worker " .. pid .. " still runs")
+      end
+    end
+    run = nil
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+
+  for _, policy in ipairs({ "rr", "shared" }) do
+    it("hands the port to a new runner with no failed request under load (" .. policy .. ")", function()
+      local port = helper.free_port()
+      local r = start({ "-w", "2", "--policy", policy, "--control", path, "--pid-file", pid_file,
+        "--stop-timeout", "5s", helper.fixture("sv_server"), tostring(port), version_file })
+      assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
+      assert.equal(r.pid .. "\n", read(pid_file))
+
+      local outcomes, inflight, stopping, versions = { ok = 0 }, 0, false, {}
+      local function client()
+        if stopping then return end
+        inflight = inflight + 1
+        local c, done, timer = uv.new_tcp(), false, uv.new_timer()
+        local function finish(what)
+          if done then return end
+          done = true
+          outcomes[what] = (outcomes[what] or 0) + 1
+          timer:close()
+          if not c:is_closing() then c:close() end
+          inflight = inflight - 1
+          client()
+        end
+        timer:start(3000, 0, function() finish("timeout") end)
+        c:connect("127.0.0.1", port, function(err)
+          if err then return finish("connect " .. err) end
+          c:write("ping\n")
+          local buf = ""
+          c:read_start(function(e, data)
+            if e then return finish("read " .. e) end
+            if not data then return finish("EOF before answer") end
+            buf = buf .. data
+            local v = buf:match("^%d+ (v%d+)\n")
+            if v then
+              versions[v] = (versions[v] or 0) + 1
+              finish("ok")
+            end
+          end)
+        end)
+      end
+      for _ = 1, 4 do client() end
+      assert.is_true(helper.wait(function() return outcomes.ok > 20 end, 5000))
+
+      set_version("v2")
+      local code, out, err = command({ "upgrade", "--control", path })
+      assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
+      new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
+      assert.is_truthy(new_pid, out[1])
+      -- The old runner stops cleanly; the pid file names the new one.
+      assert.is_true(helper.wait(function() return r.state.exited end, 10000), dump(r))
+      assert.equal(0, r.state.code, dump(r))
+      assert.equal(new_pid .. "\n", read(pid_file))
+      local before = versions.v2 or 0
+      assert.is_true(helper.wait(function() return (versions.v2 or 0) > before + 20 end, 5000))
+      stopping = true
+      helper.wait(function() return inflight == 0 end, 5000)
+
+      local failed, report = 0, {}
+      for k, v in pairs(outcomes) do
+        report[#report + 1] = k .. "=" .. v
+        if k ~= "ok" then failed = failed + v end
+      end
+      table.sort(report)
+      print(("\n[upgrade, %s] outcomes: %s (v1 %d, v2 %d)"):format(policy, table.concat(report, " "),
+        versions.v1 or 0, versions.v2 or 0))
+      assert.equal(0, failed, table.concat(report, " ") .. "\n" .. dump(r))
+      assert.equal(1, count(r, "upgrade: the new runner %(pid " .. new_pid .. "%) is ready; this one stops"))
+
+      -- The new runner answers on the same control socket, and stops.
+      code, out = command({ "status", "--control", path })
+      assert.same({ 0, 3 }, { code, #out })
+      code = command({ "stop", "--control", path })
+      assert.equal(0, code)
+      assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.state.eof end, 10000), dump(r))
+      assert.is_nil(read(pid_file))
+      assert.is_nil(uv.fs_lstat(path))
+    end)
+  end
+
+  it("keeps the old runner serving when the new one's workers fail (SIGUSR2)", function()
+    local port = helper.free_port()
+    local r = start({ "-w", "1", "--control", path, "--pid-file", pid_file, "--crash-deaths", "2",
+      helper.fixture("sv_server"), tostring(port), version_file })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    set_version("crash")
+    uv.kill(r.pid, "sigusr2")
+    assert.is_true(wait_count(r, "upgrade failed: the new runner exited with code 3 before it was ready; "
+      .. "this runner keeps serving", 1, 10000), dump(r))
+    local _, line = find(r, "upgrade: new runner %(pid %d+%)")
+    new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+    assert.is_false(helper.alive(new_pid))
+    assert.is_nil(r.state.exited)
+    assert.equal(r.pid .. "\n", read(pid_file))
+    assert.matches("^%d+ v1$", (ask(port)))
+    -- The control socket is back.
+    assert.is_true(helper.wait(function() return uv.fs_lstat(path) ~= nil end, 3000))
+    local code, out = command({ "status", "--control", path })
+    assert.same({ 0, 2 }, { code, #out })
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000), dump(r))
   end)
 end)
