@@ -162,6 +162,11 @@ describe("luv-cluster recycling", function()
       end)
     end
     for _ = 1, 4 do client() end
+    -- Should an assertion fail, the clients end before the next case.
+    finally(function()
+      stopping = true
+      helper.wait(function() return inflight == 0 end, 5000)
+    end)
 
     -- Two recycles, one after the other: grow a worker, wait for its exit.
     local grown = {}
@@ -555,7 +560,7 @@ describe("luv-cluster upgrade", function()
   end)
 
   for _, policy in ipairs({ "rr", "shared" }) do
-    it("hands the port to a new runner with no failed request under load (" .. policy .. ")", function()
+    it("hands the port to a new runner, three times, with no failed request under load (" .. policy .. ")", function()
       local port = helper.free_port()
       local r = start({ "-w", "2", "--policy", policy, "--control", path, "--pid-file", pid_file,
         "--stop-timeout", "5s", helper.fixture("sv_server"), tostring(port), version_file })
@@ -594,19 +599,35 @@ describe("luv-cluster upgrade", function()
         end)
       end
       for _ = 1, 4 do client() end
+      -- Should an assertion fail, the clients end before the next case.
+      finally(function()
+        stopping = true
+        helper.wait(function() return inflight == 0 end, 5000)
+      end)
       assert.is_true(helper.wait(function() return outcomes.ok > 20 end, 5000))
 
-      set_version("v2")
-      local code, out, err = command({ "upgrade", "--control", path })
-      assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
-      new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
-      assert.is_truthy(new_pid, out[1])
-      -- The old runner stops cleanly; the pid file names the new one.
-      assert.is_true(helper.wait(function() return r.state.exited end, 10000), dump(r))
-      assert.equal(0, r.state.code, dump(r))
-      assert.equal(new_pid .. "\n", read(pid_file))
-      local before = versions.v2 or 0
-      assert.is_true(helper.wait(function() return (versions.v2 or 0) > before + 20 end, 5000))
+      -- Three generations: each upgrade's runner is upgraded in turn.
+      local UPGRADES = 3
+      local current = r.pid
+      local code, out, err
+      for k = 1, UPGRADES do
+        local version = "v" .. (k + 1)
+        set_version(version)
+        code, out, err = command({ "upgrade", "--control", path })
+        assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
+        new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
+        assert.is_truthy(new_pid, out[1])
+        -- The old runner stops; the pid file names the new one.
+        assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
+        if k == 1 then
+          assert.is_true(helper.wait(function() return r.state.exited end, 3000))
+          assert.equal(0, r.state.code, dump(r))
+        end
+        assert.equal(new_pid .. "\n", read(pid_file))
+        local before = versions[version] or 0
+        assert.is_true(helper.wait(function() return (versions[version] or 0) > before + 20 end, 5000))
+        current = new_pid
+      end
       stopping = true
       helper.wait(function() return inflight == 0 end, 5000)
 
@@ -616,10 +637,12 @@ describe("luv-cluster upgrade", function()
         if k ~= "ok" then failed = failed + v end
       end
       table.sort(report)
-      print(("\n[upgrade, %s] outcomes: %s (v1 %d, v2 %d)"):format(policy, table.concat(report, " "),
-        versions.v1 or 0, versions.v2 or 0))
+      local per = {}
+      for k = 1, UPGRADES + 1 do per[#per + 1] = ("v%d %d"):format(k, versions["v" .. k] or 0) end
+      print(("\n[upgrade, %s] %d upgrades, outcomes: %s (%s)"):format(policy, UPGRADES, table.concat(report, " "),
+        table.concat(per, ", ")))
       assert.equal(0, failed, table.concat(report, " ") .. "\n" .. dump(r))
-      assert.equal(1, count(r, "upgrade: the new runner %(pid " .. new_pid .. "%) is ready; this one stops"))
+      assert.equal(UPGRADES, count(r, "upgrade: the new runner %(pid %d+%) is ready; this one stops"))
 
       -- The new runner answers on the same control socket, and stops.
       code, out = command({ "status", "--control", path })
