@@ -95,3 +95,55 @@ describe("the runner under systemd", function()
     assert.matches("^%d+ v1\n$", answer)
   end)
 end)
+
+-- The watchdog: WATCHDOG=1 every WATCHDOG_USEC / 2 when WATCHDOG_PID is
+-- unset or the runner's pid, none when it names another process.
+describe("the runner's systemd watchdog", function()
+  local tmp
+  before_each(function() tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-watchdog-XXXXXX")) end)
+  after_each(function() os.execute("rm -rf '" .. tmp .. "'") end)
+
+  -- Runs the runner with env until its first reload is done and until()
+  -- holds (given the states so far); the states it sent.
+  local function watchdogs(states)
+    local n = 0
+    for _, s in ipairs(states) do if s == "WATCHDOG=1" then n = n + 1 end end
+    return n
+  end
+
+  local function states_through_a_reload(env, until_)
+    local path = tmp .. "/notify"
+    local fd = assert(core.listen_socket({ type = "unixgram", path = path }))
+    local sock = uv.new_pipe(false)
+    assert(sock:open(fd))
+    local states = {}
+    sock:read_start(function(_, data) if data then states[#states + 1] = data end end)
+    local all = { "NOTIFY_SOCKET=" .. path }
+    for _, kv in ipairs(env) do all[#all + 1] = kv end
+    local r = start({ "-w", "1", SERVER, "0" }, all)
+    finally(function() if not r.exited then uv.kill(r.pid, "sigkill") end helper.close(sock) end)
+    local function has(state, from)
+      for i = from or 1, #states do if states[i]:find(state, 1, true) then return i end end
+    end
+    assert.is_true(helper.wait(function() return has("READY=1") ~= nil end, 5000), table.concat(r.lines, "\n"))
+    uv.kill(r.pid, "sighup")
+    assert.is_true(helper.wait(function()
+      local reloading = has("RELOADING=1")
+      return reloading and has("READY=1", reloading) ~= nil and (not until_ or until_(states))
+    end, 5000), table.concat(states, " | "))
+    stop(r)
+    return states, r
+  end
+
+
+  it("sends WATCHDOG=1 every WATCHDOG_USEC / 2", function()
+    -- 40 ms: one every 20 ms, from the start to the stop.
+    local states = states_through_a_reload({ "WATCHDOG_USEC=40000" }, function(st) return watchdogs(st) >= 5 end)
+    assert.equal("WATCHDOG=1", states[1])
+  end)
+
+  it("sends none when WATCHDOG_PID names another process", function()
+    local states = states_through_a_reload({ "WATCHDOG_USEC=40000", "WATCHDOG_PID=1" })
+    assert.equal(0, watchdogs(states), table.concat(states, " | "))
+  end)
+end)

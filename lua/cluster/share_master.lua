@@ -103,6 +103,9 @@ function share.install(cluster)
       server.inherited.taken = false -- systemd's socket: kept for a later bind
       return
     end
+    -- A new master serves it now (the runner's upgrade): left open, its
+    -- socket file in place, until this process exits.
+    if server.handed_over then return end
     core.close(server.fd)
     if server.type == "pipe" then os.remove(server.address.address) end
   end
@@ -230,7 +233,7 @@ function share.install(cluster)
         return
       end
     end
-    if server.paused then
+    if server.paused and not server.handed_over then
       server.paused = false
       server.poll:start("r", server.on_readable)
     end
@@ -251,7 +254,9 @@ function share.install(cluster)
           server.poll:stop()
           server.retry = server.retry or uv.new_timer()
           server.retry:start(100, 0, function()
-            if servers[server.key] == server and not server.paused then server.poll:start("r", server.on_readable) end
+            if servers[server.key] == server and not server.paused and not server.handed_over then
+              server.poll:start("r", server.on_readable)
+            end
           end)
         end
         return
@@ -449,6 +454,39 @@ function share.install(cluster)
       for _ = 1, count do release(worker, key) end
     end
     held[worker] = nil
+  end
+
+  -- For a new master taking over (the runner's upgrade): the listening
+  -- sockets its workers' binds should get, as { fd =, address = } — every
+  -- open rr or shared server, and systemd's sockets no bind took.
+  -- (reuseport servers are one socket per worker: a new master binds its own.)
+  function share.listening()
+    local list = {}
+    for _, server in pairs(servers) do
+      if server.policy ~= "reuseport" then list[#list + 1] = { fd = server.fd, address = server.address } end
+    end
+    for _, s in ipairs(inherited) do
+      if not s.taken then list[#list + 1] = { fd = s.fd, address = s.info } end
+    end
+    table.sort(list, function(a, b) return a.fd < b.fd end)
+    return list
+  end
+
+  -- A new master serves these sockets now: this one stops accepting on
+  -- them (rr) and, when its servers close, leaves their fds to the exit
+  -- and their socket files in place.
+  function share.hand_over()
+    for _, server in pairs(servers) do
+      if server.policy ~= "reuseport" then
+        server.handed_over = true
+        if server.poll and not server.poll:is_closing() then
+          -- What it accepted already goes to its workers first.
+          if #server.queue > 0 then dispatch(server) end
+          server.poll:stop()
+          server.paused = true
+        end
+      end
+    end
   end
 
   -- cluster.listenfd in the master: a listening socket of its own.

@@ -37,6 +37,8 @@ local DEFAULTS = {
   heartbeat = { interval = 1000, timeout = 5000 },
   stop_timeout = 10000,
   fd_reserve = 32,
+  max_age_jitter = 0.25,
+  recycle_interval = 1000,
 }
 
 -- File descriptors the master holds per worker: its channel socket, the
@@ -104,6 +106,20 @@ local function normalize(opts)
       timeout = check_ms("heartbeat.timeout", h.timeout or DEFAULTS.heartbeat.timeout),
     }
   end
+  if opts.max_memory ~= nil and (type(opts.max_memory) ~= "number" or opts.max_memory ~= opts.max_memory
+    or opts.max_memory <= 0 or opts.max_memory == math.huge) then
+    fail("'max_memory' must be a positive number of bytes (got " .. tostring(opts.max_memory) .. ")", 2)
+  end
+  o.max_memory = opts.max_memory
+  if opts.max_age ~= nil then o.max_age = check_ms("max_age", opts.max_age) end
+  o.max_age_jitter = opts.max_age_jitter or DEFAULTS.max_age_jitter
+  if type(o.max_age_jitter) ~= "number" or not (o.max_age_jitter >= 0 and o.max_age_jitter <= 1) then
+    fail("'max_age_jitter' must be a number from 0 to 1 (got " .. tostring(opts.max_age_jitter) .. ")", 2)
+  end
+  -- Checked every second, or more often for short ages (the jitter
+  -- should not be lost to the check's granularity).
+  o.recycle_interval = check_ms("recycle_interval", opts.recycle_interval
+    or math.max(50, math.min(DEFAULTS.recycle_interval, (o.max_age or math.huge) / 20)))
   o.fd_reserve = opts.fd_reserve or DEFAULTS.fd_reserve
   if not compat.is_integer(o.fd_reserve) or o.fd_reserve < 0 then
     fail("'fd_reserve' must be a non-negative integer", 2)
@@ -220,6 +236,7 @@ function supervise.start(opts)
   local reloading = nil   -- the reload in progress
   local stop_cbs = {}
   local hb_timer, hb_seq = nil, 0
+  local recycle_timer
 
   local function event(name, fields)
     fields = fields or {}
@@ -326,6 +343,9 @@ function supervise.start(opts)
       return nil, err
     end
     local rec = { worker = worker, slot = slot, started = uv.now(), reason = reason, on_ready = on_ready }
+    -- Its own age limit, drawn in [max_age, max_age * (1 + jitter)]: workers
+    -- started together do not all reach it together.
+    if o.max_age then rec.max_age = o.max_age * (1 + o.max_age_jitter * math.random()) end
     sv.live[rec] = true
     if reason == "restart" then slot.restarts = slot.restarts + 1 end
     event("spawn", ev_of(rec, { reason = reason }))
@@ -446,19 +466,36 @@ function supervise.start(opts)
   end
 
   -- Rolling reload: one slot at a time, the candidate must be ready
-  -- before the slot's current worker is let go.
+  -- before the slot's current worker is let go. A queued request is either
+  -- a reload of every slot or (r.rec) the replacement of one worker
+  -- (sv:replace, the recycling check), which takes the same step for its
+  -- slot alone; both run one at a time, in the order asked.
   function run_reload()
     if reloading or #reload_queue == 0 or sv.state ~= "running" then return end
     reloading = table.remove(reload_queue, 1)
     local r = reloading
-    event("reload_start", { workers = #sv.slots })
+    local target = r.rec
+    if target and (target.slot.worker ~= target or target.retiring or ended(target) or target.slot.removed) then
+      -- Gone meanwhile (died, reloaded, scaled away): nothing to replace.
+      reloading = nil
+      for _, cb in ipairs(r.cbs) do Emitter.call_protected("a replace callback", cb, false, "gone") end
+      return run_reload()
+    end
+    local spawn_reason = target and "recycle" or "reload"
+    if not target then event("reload_start", { workers = #sv.slots }) end
     local function finish(ok, err, slot)
       reloading = nil
-      if ok then
+      if target then target.recycling = nil end
+      if ok and not target then
         sv.reloads = sv.reloads + 1
         event("reload_done", { workers = #sv.slots, reloads = sv.reloads })
-      else
-        event("reload_abort", { slot = slot, error = err })
+      elseif not ok then
+        if target then
+          -- (A stop ends it without a word: the worker drains anyway.)
+          if sv.state == "running" then event("recycle_abort", ev_of(target, { reason = r.reason, error = err })) end
+        else
+          event("reload_abort", { slot = slot, error = err })
+        end
         -- Slots whose worker died meanwhile, waiting on the candidate.
         if sv.state == "running" then
           for _, s in ipairs(sv.slots) do
@@ -475,14 +512,20 @@ function supervise.start(opts)
     local i = 0
     local function step()
       if sv.state ~= "running" then return finish(false, "stopped") end
-      i = i + 1
-      local slot = sv.slots[i]
-      while slot and slot.removed do i = i + 1; slot = sv.slots[i] end
-      if not slot then return finish(true) end
+      local slot
+      if target then
+        if i > 0 then return finish(true) end
+        i, slot = 1, target.slot
+      else
+        i = i + 1
+        slot = sv.slots[i]
+        while slot and slot.removed do i = i + 1; slot = sv.slots[i] end
+        if not slot then return finish(true) end
+      end
       stop_timer(slot.timer)
       slot.timer = nil
       local rec, err
-      rec, err = spawn(slot, "reload", function(ok, why)
+      rec, err = spawn(slot, spawn_reason, function(ok, why)
         slot.candidate = nil
         r.candidate = nil
         if not ok then
@@ -492,7 +535,7 @@ function supervise.start(opts)
         local old = slot.worker
         slot.worker = rec
         slot.state, slot.deaths, slot.delay = "ready", 0, o.backoff.initial
-        if old then retire(old, "reload") end
+        if old then retire(old, spawn_reason) end
         if slot.removed or sv.state ~= "running" then retire(rec, "scale") end
         step()
       end)
@@ -503,10 +546,29 @@ function supervise.start(opts)
     step()
   end
 
+  -- Recycling: a ready worker over max_memory (RSS) or past its own age
+  -- limit is replaced by sv:replace.
+  local function recycle_check()
+    local now = uv.now()
+    for _, slot in ipairs(sv.slots) do
+      local rec = slot.worker
+      if rec and rec.ready and not slot.removed and not rec.retiring and not rec.recycling and not ended(rec) then
+        local rss = o.max_memory and rss_of(rec.worker.pid)
+        local age = now - rec.started
+        if rss and rss > o.max_memory then
+          sv:replace(slot.index, "memory", { rss = rss, limit = o.max_memory })
+        elseif rec.max_age and age >= rec.max_age then
+          sv:replace(slot.index, "age", { age = age, limit = math.floor(rec.max_age + 0.5) })
+        end
+      end
+    end
+  end
+
   function check_stopped()
     if sv.state ~= "stopping" or next(sv.live) ~= nil then return end
     sv.state = "stopped"
     stop_timer(hb_timer)
+    stop_timer(recycle_timer)
     for _, slot in ipairs(sv.slots) do stop_timer(slot.timer) end
     local killed = sv._killed
     event("stopped", { killed = killed, clean = killed == 0 })
@@ -524,13 +586,50 @@ function supervise.start(opts)
       return false
     end
     -- One reload runs; requests made meanwhile share the next one.
-    local pending = reload_queue[1]
+    local pending
+    for _, q in ipairs(reload_queue) do
+      if not q.rec then pending = q; break end
+    end
     if not pending then
       pending = { cbs = {} }
-      reload_queue[1] = pending
+      reload_queue[#reload_queue + 1] = pending
     end
     if cb then pending.cbs[#pending.cbs + 1] = cb end
     event("reload_request", { queued = reloading ~= nil })
+    run_reload()
+    return true
+  end
+
+  -- replace(slot, [reason], [fields], [cb]): replace the worker serving
+  -- `slot` by the step a reload takes (a new worker ready first, then the
+  -- old one drains), queued behind a running reload. Emits 'recycle'
+  -- (with reason and fields) now; cb(ok, err) when done. Returns true, or
+  -- nil and why when there is nothing to replace.
+  function sv:replace(index, reason, fields, cb)
+    if type(reason) == "function" then reason, fields, cb = nil, nil, reason end
+    if type(fields) == "function" then fields, cb = nil, fields end
+    if not compat.is_integer(index) then fail("replace: slot must be an integer (got " .. tostring(index) .. ")", 2) end
+    if reason ~= nil and type(reason) ~= "string" then fail("replace: reason must be a string", 2) end
+    if fields ~= nil and type(fields) ~= "table" then fail("replace: fields must be a table", 2) end
+    if cb ~= nil and type(cb) ~= "function" then fail("replace: callback must be a function", 2) end
+    if self.state ~= "running" then return nil, "not running" end
+    local slot = self.slots[index]
+    local rec = slot and not slot.removed and slot.worker
+    if not rec or rec.retiring or ended(rec) then return nil, "no worker serving slot " .. tostring(index) end
+    if rec.recycling then
+      -- Already queued: share that request.
+      for _, q in ipairs(reload_queue) do
+        if q.rec == rec and cb then q.cbs[#q.cbs + 1] = cb end
+      end
+      return true
+    end
+    reason = reason or "replace"
+    rec.recycling = reason
+    local ev = ev_of(rec, {})
+    for k, v in pairs(fields or {}) do ev[k] = v end
+    ev.reason, ev.age = reason, ev.age or (uv.now() - rec.started)
+    event("recycle", ev)
+    reload_queue[#reload_queue + 1] = { rec = rec, reason = reason, cbs = { cb } }
     run_reload()
     return true
   end
@@ -549,6 +648,7 @@ function supervise.start(opts)
       self.state = "stopping"
       self._killed = 0
       stop_timer(hb_timer)
+      stop_timer(recycle_timer)
       for _, slot in ipairs(self.slots) do
         stop_timer(slot.timer)
         slot.timer = nil
@@ -706,6 +806,12 @@ function supervise.start(opts)
     hb_timer = uv.new_timer()
     hb_timer:start(o.heartbeat.interval, o.heartbeat.interval, heartbeat)
   end
+  if o.max_memory or o.max_age then
+    recycle_timer = uv.new_timer()
+    recycle_timer:start(o.recycle_interval, o.recycle_interval, function()
+      Emitter.call_protected("the recycling check", recycle_check)
+    end)
+  end
   for _ = 1, o.workers do new_slot() end
   if o.policy then cluster.schedulingPolicy = o.policy end
   if o.on_start then
@@ -717,6 +823,7 @@ function supervise.start(opts)
     if not ok then
       sv.state, sv._killed = "stopped", 0
       stop_timer(hb_timer)
+      stop_timer(recycle_timer)
       for _, slot in ipairs(sv.slots) do stop_timer(slot.timer) end
       for rec in pairs(sv.live) do
         stop_timer(rec.boot_timer)

@@ -1,0 +1,680 @@
+-- bin/luv-cluster's operations beyond signals: workers recycled over
+-- --max-memory (under load, counting every request) and past --max-age
+-- (one at a time, each with its own jittered limit).
+local helper = require("helper")
+local uv = require("luv")
+local compat = require("cluster.compat")
+
+local BIN = uv.cwd() .. "/bin/luv-cluster"
+local FAST = { "--heartbeat-interval", "50ms", "--heartbeat-timeout", "2s", "--boot-timeout", "3s",
+  "--backoff-initial", "10ms" }
+
+local run -- the runner of the current case
+
+local function start(list, env, opts)
+  local args = {}
+  for _, a in ipairs(FAST) do args[#args + 1] = a end
+  for _, a in ipairs(list) do args[#args + 1] = a end
+  local r = { pids = {}, seen = {} }
+  r.state = helper.spawn_lua(BIN, args, function(line)
+    local pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+    if pid and not r.seen[pid] then
+      r.seen[pid] = true
+      r.pids[#r.pids + 1] = pid
+    end
+  end, env, opts)
+  r.pid = r.state.pid
+  run = r
+  return r
+end
+
+local function lines(r) return r.state.lines end
+
+local function find(r, pattern, from)
+  local ls = lines(r)
+  for i = from or 1, #ls do
+    if ls[i]:find(pattern) then return i, ls[i] end
+  end
+end
+
+local function count(r, pattern)
+  local n = 0
+  for _, l in ipairs(lines(r)) do if l:find(pattern) then n = n + 1 end end
+  return n
+end
+
+local function wait_count(r, pattern, n, timeout)
+  return helper.wait(function() return count(r, pattern) >= n or r.state.exited end, timeout or 3000)
+    and count(r, pattern) >= n
+end
+
+local function wait_exit(r, timeout)
+  helper.wait(function() return r.state.exited and r.state.eof end, timeout or 3000)
+  return r.state.exited and r.state.code, r.state.signal
+end
+
+local function dump(r)
+  return "runner output:\n" .. table.concat(lines(r), "\n")
+end
+
+local function port_of(r)
+  local _, line = find(r, "listening on 127%.0%.0%.1:%d+")
+  return line and compat.tointeger(tonumber(line:match(":(%d+)$")))
+end
+
+-- One line sent on a new connection; the answer line, or nil and an error.
+local function ask(port, what)
+  local c = uv.new_tcp()
+  local res = {}
+  c:connect("127.0.0.1", port, function(err)
+    if err then res.err = err; c:close(); return end
+    c:write((what or "ping") .. "\n")
+    local buf = ""
+    c:read_start(function(e, data)
+      if e or not data then
+        res.err = res.err or e or "EOF"
+        if not c:is_closing() then c:close() end
+        return
+      end
+      buf = buf .. data
+      local line = buf:match("^([^\n]*)\n")
+      if line and not res.line then res.line = line; c:close() end
+    end)
+  end)
+  helper.wait(function() return res.line or res.err end, 5000)
+  return res.line, res.err
+end
+
+-- Workers ready and not draining, replayed from the runner's lines; the
+-- fewest there were at any point after `from` workers first were, up to
+-- the stop.
+local function fewest_serving(r, from)
+  local serving, n, fewest, full = {}, 0, math.huge, false
+  for _, l in ipairs(lines(r)) do
+    if l:find("stopping %d+ workers") then break end
+    local pid = l:match("%(pid (%d+)%) ready after")
+    if pid and not serving[pid] then serving[pid], n = true, n + 1 end
+    pid = l:match("%(pid (%d+)%) draining") or l:match("%(pid (%d+)%) exited") or l:match("%(pid (%d+)%) killed")
+    if pid and serving[pid] then serving[pid], n = nil, n - 1 end
+    if n >= from then full = true end
+    if full and n < fewest then fewest = n end
+  end
+  return fewest
+end
+
+describe("luv-cluster recycling", function()
+  after_each(function()
+    if run then
+      if not run.state.exited then uv.kill(run.pid, "sigkill") end
+      assert.is_true(helper.wait(function() return run.state.exited end, 3000))
+      helper.wait(function() return run.state.eof end, 1000)
+      for _, pid in ipairs(run.pids) do
+        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
+          "worker " .. pid .. " still runs")
+      end
+    end
+    run = nil
+  end)
+
+  it("rejects a bad --max-memory or --max-age, naming it", function()
+    local r = start({ "--max-memory", "lots", helper.fixture("grow_server"), "0" }, nil, { stderr = true })
+    assert.equal(2, wait_exit(r))
+    helper.wait(function() return r.state.err_eof end, 2000)
+    assert.equal("luv-cluster: --max-memory: expected a size such as 200M, 1G or a number of bytes, got 'lots'",
+      r.state.err_lines[1])
+    r = start({ "--max-age", "0", helper.fixture("grow_server"), "0" }, nil, { stderr = true })
+    assert.equal(2, wait_exit(r))
+    helper.wait(function() return r.state.err_eof end, 2000)
+    assert.equal("luv-cluster: --max-age: expected a duration such as 500ms or 2s, got '0'", r.state.err_lines[1])
+    run = nil
+  end)
+
+  it("replaces a worker over --max-memory (new one ready first) with no failed request under load", function()
+    local r = start({ "-w", "2", "--max-memory", "40M", "--stop-timeout", "5s", helper.fixture("grow_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
+    local port = port_of(r)
+
+    local outcomes, inflight, stopping = { ok = 0 }, 0, false
+    local function client()
+      if stopping then return end
+      inflight = inflight + 1
+      local c, done, timer = uv.new_tcp(), false, uv.new_timer()
+      local function finish(what)
+        if done then return end
+        done = true
+        outcomes[what] = (outcomes[what] or 0) + 1
+        timer:close()
+        if not c:is_closing() then c:close() end
+        inflight = inflight - 1
+        client()
+      end
+      timer:start(3000, 0, function() finish("timeout") end)
+      c:connect("127.0.0.1", port, function(err)
+        if err then return finish("connect " .. err) end
+        c:write("ping\n")
+        local buf = ""
+        c:read_start(function(e, data)
+          if e then return finish("read " .. e) end
+          if not data then return finish("EOF before answer") end
+          buf = buf .. data
+          if buf:find("^%d+ v1\n") then finish("ok") end
+        end)
+      end)
+    end
+    for _ = 1, 4 do client() end
+    -- Should an assertion fail, the clients end before the next case.
+    finally(function()
+      stopping = true
+      helper.wait(function() return inflight == 0 end, 5000)
+    end)
+
+    -- Two recycles, one after the other: grow a worker, wait for its exit.
+    local grown = {}
+    for round = 1, 2 do
+      local answer = assert(ask(port, "grow"))
+      local pid = answer:match("^(%d+) grown$")
+      assert.is_truthy(pid, answer)
+      grown[#grown + 1] = pid
+      assert.is_true(wait_count(r, "over %-%-max%-memory 40%.0M: replacing it", round, 5000), dump(r))
+      assert.is_true(wait_count(r, "%(pid " .. pid .. "%) exited with code 0 after %d+ ms, recycle", 1, 8000), dump(r))
+    end
+    stopping = true
+    helper.wait(function() return inflight == 0 end, 5000)
+
+    local failed, report = 0, {}
+    for k, v in pairs(outcomes) do
+      report[#report + 1] = k .. "=" .. v
+      if k ~= "ok" then failed = failed + v end
+    end
+    table.sort(report)
+    print(("\n[max-memory] 2 recycles under load, outcomes: %s"):format(table.concat(report, " ")))
+    assert.equal(0, failed, table.concat(report, " "))
+    assert.is_true(outcomes.ok > 20, "too few requests to mean anything")
+    for _, pid in ipairs(grown) do
+      -- Its replacement was started and ready before it drained.
+      local over = find(r, "%(pid " .. pid .. "%) uses [%d.]+M, over")
+      local drain = find(r, "%(pid " .. pid .. "%) draining %(recycle%)")
+      local started, line = find(r, "started %(recycle%) in slot", over)
+      assert.is_truthy(over and drain and started, dump(r))
+      local new = line:match("%(pid (%d+)%)")
+      local ready = find(r, "%(pid " .. new .. "%) ready after", started)
+      assert.is_true(started < drain and ready ~= nil and ready < drain, dump(r))
+    end
+    assert.equal(2, fewest_serving(r, 2), dump(r))
+    assert.equal(0, count(r, "replacing worker %d+ %(pid %d+%) failed"))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 8000), dump(r))
+  end)
+
+  it("replaces workers past --max-age one at a time, each with its own limit in [T, 1.25 T]", function()
+    local r = start({ "-w", "3", "--max-age", "1s", "--stop-timeout", "2s", helper.fixture("grow_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", 3, 5000), dump(r))
+    -- Every first worker is replaced (and a few of their replacements).
+    assert.is_true(wait_count(r, "draining %(recycle%)", 4, 15000), dump(r))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 8000), dump(r))
+    local limits, distinct = {}, {}
+    for _, l in ipairs(lines(r)) do
+      local age, limit = l:match("is ([%d.]+)s old, past its max age of ([%d.]+)s: replacing it")
+      if limit then
+        limit = tonumber(limit)
+        assert.is_true(limit >= 1.0 and limit <= 1.25, l)
+        assert.is_true(tonumber(age) >= limit - 0.05, l)
+        limits[#limits + 1] = limit
+        distinct[limit] = true
+      end
+    end
+    assert.is_true(#limits >= 4, dump(r))
+    local n = 0
+    for _ in pairs(distinct) do n = n + 1 end
+    assert.is_true(n > 1, "every worker drew the same age limit: " .. table.concat(limits, " "))
+    -- Never fewer than 3 serving: each new worker was ready before the
+    -- old one drained, and one slot was replaced at a time.
+    assert.equal(3, fewest_serving(r, 3), dump(r))
+    assert.equal(0, count(r, "failed"))
+  end)
+end)
+
+-- sv:replace in this process: one slot's worker replaced by the reload
+-- step, serialized with reloads, and a failed replacement that leaves the
+-- old worker serving.
+describe("sv:replace", function()
+  local supervise = require("cluster.supervise")
+  local tmp, version_file, sv, events
+
+  local function set_version(v)
+    local f = assert(io.open(version_file, "w"))
+    f:write(v, "\n")
+    f:close()
+  end
+
+  local function index_of(name, fields, from)
+    for i = from or 1, #events do
+      local ev, ok = events[i], events[i].event == name
+      for k, v in pairs(fields or {}) do if ev[k] ~= v then ok = false end end
+      if ok then return i, ev end
+    end
+  end
+
+  before_each(function()
+    tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-replace-XXXXXX"))
+    version_file = tmp .. "/version"
+    set_version("v1")
+    events = {}
+    sv = supervise.start({ exec = helper.fixture("sv_server"), args = { "0", version_file }, workers = 2,
+      boot_timeout = 2000, stop_timeout = 2000, heartbeat = false,
+      on_event = function(ev) events[#events + 1] = ev end })
+    assert.is_true(helper.wait(function() return #sv:workers() == 2 and sv:stats()[2].state == "ready" end, 5000))
+    helper.wait(function() return sv:stats()[1].state == "ready" end, 5000)
+  end)
+
+  after_each(function()
+    local done = false
+    sv:stop({ immediate = true }, function() done = true end)
+    assert.is_true(helper.wait(function() return done end, 5000))
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+
+  it("checks its arguments", function()
+    assert.has_error(function() sv:replace("1") end, "cluster.supervise: replace: slot must be an integer (got 1)")
+    assert.has_error(function() sv:replace(1, 5) end, "cluster.supervise: replace: reason must be a string")
+    assert.has_error(function() sv:replace(1, "x", {}, 5) end,
+      "cluster.supervise: replace: callback must be a function")
+    assert.same({ nil, "no worker serving slot 7" }, { sv:replace(7) })
+  end)
+
+  it("replaces one slot's worker, the new one ready before the old one drains; a reload waits for it", function()
+    local old1, old2 = sv:workers()[1].pid, sv:workers()[2].pid
+    local results = {}
+    local function note(what) return function(ok, err) results[#results + 1] = { what, ok, err } end end
+    assert.is_true(sv:replace(2, "test", { note = "hi" }, note("replace")))
+    sv:reload(note("reload"))
+    assert.is_true(helper.wait(function() return #results == 2 end, 8000))
+    assert.same({ { "replace", true }, { "reload", true } }, results)
+    local i_rec, rec = index_of("recycle")
+    assert.same({ "test", "hi", old2, 2 }, { rec.reason, rec.note, rec.pid, rec.slot })
+    local i_spawn, spawn = index_of("spawn", { reason = "recycle" })
+    local i_ready = index_of("ready", { pid = spawn.pid })
+    local i_drain = index_of("draining", { reason = "recycle", pid = old2 })
+    local i_start = index_of("reload_start")
+    -- New worker ready, then the old one drains, then the reload starts.
+    assert.is_true(i_rec < i_spawn and i_spawn < i_ready and i_ready < i_drain and i_drain < i_start)
+    assert.not_equal(old1, sv:workers()[1].pid)
+  end)
+
+  it("skips a worker a reload replaced before its turn", function()
+    local results = {}
+    local function note(what) return function(ok, err) results[#results + 1] = { what, ok, err } end end
+    sv:reload(note("reload"))
+    assert.is_true(sv:replace(2, note("replace")))
+    assert.is_true(helper.wait(function() return #results == 2 end, 8000))
+    assert.same({ { "reload", true }, { "replace", false, "gone" } }, results)
+    assert.is_nil(index_of("spawn", { reason = "recycle" }))
+  end)
+
+  it("leaves the old worker serving when the new one fails", function()
+    local old = sv:workers()[1].pid
+    set_version("crash")
+    local result
+    assert.is_true(sv:replace(1, "test", function(ok, err) result = { ok, err } end))
+    assert.is_true(helper.wait(function() return result ~= nil end, 5000))
+    assert.same({ false, "exited before ready (code 1)" }, result)
+    local _, abort = index_of("recycle_abort")
+    assert.equal(old, abort.pid)
+    assert.equal(old, sv:workers()[1].pid)
+    assert.is_nil(index_of("draining"))
+  end)
+end)
+
+-- The control socket (--control PATH) and the commands that use it.
+describe("luv-cluster --control", function()
+  local tmp, path
+
+  before_each(function()
+    tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-control-XXXXXX"))
+    path = tmp .. "/control.sock"
+  end)
+
+  after_each(function()
+    if run then
+      if not run.state.exited then uv.kill(run.pid, "sigkill") end
+      assert.is_true(helper.wait(function() return run.state.exited end, 3000))
+      for _, pid in ipairs(run.pids) do
+        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
+          "worker " .. pid .. " still runs")
+      end
+    end
+    run = nil
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+
+  -- Run a command (a separate process); its exit code, stdout and stderr lines.
+  local function command(list)
+    local c = helper.spawn_lua(BIN, list, nil, nil, { stderr = true })
+    assert.is_true(helper.wait(function() return c.exited and c.eof and c.err_eof end, 10000))
+    return c.code, c.lines, c.err_lines
+  end
+
+  local function runner(workers)
+    local r = start({ "-w", tostring(workers), "--control", path, helper.fixture("sv_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", workers, 5000), dump(r))
+    return r
+  end
+
+  it("answers status (text and --json), scale N, reload and stop; the socket is 0600 and gone at exit", function()
+    local r = runner(2)
+    local st = assert(uv.fs_lstat(path))
+    assert.equal("socket", st.type)
+    assert.equal(tonumber("600", 8), st.mode % 512)
+
+    local code, out = command({ "status", "--control", path })
+    assert.equal(0, code)
+    assert.matches("^slot%s+id%s+pid%s+state", out[1])
+    assert.equal(3, #out)
+    assert.matches("^1%s+1%s+%d+%s+ready", out[2])
+
+    code, out = command({ "status", "--control=" .. path, "--json" })
+    assert.equal(0, code)
+    assert.equal(1, #out)
+    assert.matches('^{"event":"stats","workers":%[{.*"state":"ready".*}%]}$', out[1])
+
+    code, out = command({ "scale", "3", "--control", path })
+    assert.same({ 0, { "scaling to 3 workers" } }, { code, out })
+    assert.is_true(wait_count(r, "ready after", 3, 5000), dump(r))
+    code, out = command({ "status", "--control", path })
+    assert.same({ 0, 4 }, { code, #out })
+
+    code, out = command({ "reload", "--control", path })
+    -- Answered once the reload is done.
+    assert.same({ 0, { "reload done (1 so far)" } }, { code, out })
+    assert.equal(1, count(r, "reload done"))
+
+    code, out = command({ "stop", "--control", path })
+    assert.same({ 0, { "stopping 3 workers" } }, { code, out })
+    assert.equal(0, wait_exit(r, 5000), dump(r))
+    assert.is_nil(uv.fs_lstat(path))
+
+    -- Nobody there now: exit 1 and why.
+    local err
+    code, out, err = command({ "status", "--control", path })
+    assert.equal(1, code)
+    assert.same({}, out)
+    assert.equal("luv-cluster: cannot connect to " .. path .. ": ENOENT", err[1])
+  end)
+
+  it("answers an error for a bad command, exit 1; usage errors exit 2", function()
+    runner(1)
+    local code, out, err = command({ "scale", "0", "--control", path })
+    assert.same({ 2, {} }, { code, out })
+    assert.equal("luv-cluster: scale: expected an integer >= 1, got '0'", err[1])
+    local _
+    code, _, err = command({ "status" })
+    assert.equal(2, code)
+    assert.equal("luv-cluster: status: --control PATH (the runner's control socket) is required", err[1])
+    -- A raw client sending what the command line would not.
+    local answer
+    require("cluster.control").request(path, "frobnicate now", function(ok, text) answer = { ok, text } end)
+    assert.is_true(helper.wait(function() return answer ~= nil end, 3000))
+    assert.same({ false, "unknown command 'frobnicate now' (status [json], reload, stop, scale N, upgrade)" }, answer)
+  end)
+
+  it("takes over a socket file left by a killed runner, refuses a live one", function()
+    local first = runner(1)
+    -- A second runner on the same path while the first one serves.
+    local second = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" }, nil, { stderr = true })
+    assert.equal(2, wait_exit(second))
+    helper.wait(function() return second.state.err_eof end, 2000)
+    assert.equal("luv-cluster: control socket " .. path .. " is in use (is another runner running?)",
+      second.state.err_lines[1])
+    assert.equal(0, (command({ "status", "--control", path }))) -- the first one still answers
+
+    -- SIGKILL: no cleanup, the socket file stays.
+    uv.kill(first.pid, "sigkill")
+    assert.is_true(helper.wait(function() return first.state.exited end, 3000))
+    for _, pid in ipairs(first.pids) do
+      assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000))
+    end
+    assert.equal("socket", assert(uv.fs_lstat(path)).type)
+    runner(1)
+    local code, out = command({ "status", "--control", path })
+    assert.equal(0, code)
+    assert.equal(2, #out)
+  end)
+
+  it("refuses a path that is not a socket, leaving the file alone", function()
+    local f = assert(io.open(path, "w"))
+    f:write("precious\n")
+    f:close()
+    local r = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" }, nil, { stderr = true })
+    assert.equal(2, wait_exit(r))
+    helper.wait(function() return r.state.err_eof end, 2000)
+    assert.equal("luv-cluster: control socket path " .. path .. " exists and is not a socket; not removing it",
+      r.state.err_lines[1])
+    f = assert(io.open(path))
+    assert.equal("precious\n", f:read("*a"))
+    f:close()
+  end)
+end)
+
+-- --pid-file FILE: the runner's pid while it runs, gone after.
+describe("luv-cluster --pid-file", function()
+  local tmp
+  before_each(function() tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-pidfile-XXXXXX")) end)
+  after_each(function()
+    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
+    if run then helper.wait(function() return run.state.exited end, 3000) end
+    run = nil
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+
+  local function read(path)
+    local f = io.open(path)
+    if not f then return nil end
+    local text = f:read("*a")
+    f:close()
+    return text
+  end
+
+  it("holds the runner's pid while it runs and is removed at a stop", function()
+    local file = tmp .. "/run/app.pid"
+    assert(uv.fs_mkdir(tmp .. "/run", tonumber("755", 8)))
+    local r = start({ "-w", "1", "--pid-file", file, helper.fixture("sv_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    assert.equal(r.pid .. "\n", read(file))
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000))
+    assert.is_nil(read(file))
+    -- Nothing else was left in its directory (no temp file).
+    assert.is_nil(uv.fs_scandir_next(assert(uv.fs_scandir(tmp .. "/run"))))
+  end)
+
+  it("leaves a pid file that names another process alone at exit", function()
+    local file = tmp .. "/app.pid"
+    local r = start({ "-w", "1", "--pid-file", file, helper.fixture("sv_server"), "0" })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    local f = assert(io.open(file, "w"))
+    f:write("1\n")
+    f:close()
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000))
+    assert.equal("1\n", read(file))
+  end)
+
+  it("stops with status 2 when the file cannot be written", function()
+    local r = start({ "-w", "1", "--pid-file", tmp .. "/no/such/dir.pid", helper.fixture("sv_server"), "0" },
+      nil, { stderr = true })
+    assert.equal(2, wait_exit(r))
+    helper.wait(function() return r.state.err_eof end, 2000)
+    assert.matches("^luv%-cluster: %-%-pid%-file: cannot write " .. tmp:gsub("%p", "%%%0") .. "/no/such/dir%.pid: ",
+      r.state.err_lines[1])
+    assert.same({}, r.pids)
+  end)
+end)
+
+-- Hot upgrade (luv-cluster upgrade, SIGUSR2): a new runner from the code
+-- on disk inherits the listening sockets; the old one leaves once the new
+-- one's workers are ready, or keeps serving if they fail.
+describe("luv-cluster upgrade", function()
+  local tmp, path, pid_file, version_file, new_pid
+
+  local function set_version(v)
+    local f = assert(io.open(version_file, "w"))
+    f:write(v, "\n")
+    f:close()
+  end
+
+  local function read(file)
+    local f = io.open(file)
+    if not f then return nil end
+    local text = f:read("*a")
+    f:close()
+    return text
+  end
+
+  local function command(list)
+    local c = helper.spawn_lua(BIN, list, nil, nil, { stderr = true })
+    assert.is_true(helper.wait(function() return c.exited and c.eof and c.err_eof end, 30000))
+    return c.code, c.lines, c.err_lines
+  end
+
+  before_each(function()
+    tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-upgrade-XXXXXX"))
+    path, pid_file, version_file = tmp .. "/control.sock", tmp .. "/runner.pid", tmp .. "/version"
+    set_version("v1")
+    new_pid = nil
+  end)
+
+  after_each(function()
+    -- The new runner is not our child: it is ended by the pid it reported.
+    if new_pid and helper.alive(new_pid) then uv.kill(new_pid, "sigkill") end
+    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
+    if run then
+      helper.wait(function() return run.state.exited end, 3000)
+      for _, pid in ipairs(run.pids) do
+        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000),
+          "worker " .. pid .. " still runs")
+      end
+    end
+    run = nil
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+
+  for _, policy in ipairs({ "rr", "shared" }) do
+    it("hands the port to a new runner, three times, with no failed request under load (" .. policy .. ")", function()
+      local port = helper.free_port()
+      local r = start({ "-w", "2", "--policy", policy, "--control", path, "--pid-file", pid_file,
+        "--stop-timeout", "5s", helper.fixture("sv_server"), tostring(port), version_file })
+      assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
+      assert.equal(r.pid .. "\n", read(pid_file))
+
+      local outcomes, inflight, stopping, versions = { ok = 0 }, 0, false, {}
+      local function client()
+        if stopping then return end
+        inflight = inflight + 1
+        local c, done, timer = uv.new_tcp(), false, uv.new_timer()
+        local function finish(what)
+          if done then return end
+          done = true
+          outcomes[what] = (outcomes[what] or 0) + 1
+          timer:close()
+          if not c:is_closing() then c:close() end
+          inflight = inflight - 1
+          client()
+        end
+        timer:start(3000, 0, function() finish("timeout") end)
+        c:connect("127.0.0.1", port, function(err)
+          if err then return finish("connect " .. err) end
+          c:write("ping\n")
+          local buf = ""
+          c:read_start(function(e, data)
+            if e then return finish("read " .. e) end
+            if not data then return finish("EOF before answer") end
+            buf = buf .. data
+            local v = buf:match("^%d+ (v%d+)\n")
+            if v then
+              versions[v] = (versions[v] or 0) + 1
+              finish("ok")
+            end
+          end)
+        end)
+      end
+      for _ = 1, 4 do client() end
+      -- Should an assertion fail, the clients end before the next case.
+      finally(function()
+        stopping = true
+        helper.wait(function() return inflight == 0 end, 5000)
+      end)
+      assert.is_true(helper.wait(function() return outcomes.ok > 20 end, 5000))
+
+      -- Three generations: each upgrade's runner is upgraded in turn.
+      local UPGRADES = 3
+      local current = r.pid
+      local code, out, err
+      for k = 1, UPGRADES do
+        local version = "v" .. (k + 1)
+        set_version(version)
+        code, out, err = command({ "upgrade", "--control", path })
+        assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
+        new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
+        assert.is_truthy(new_pid, out[1])
+        -- The old runner stops; the pid file names the new one.
+        assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
+        if k == 1 then
+          assert.is_true(helper.wait(function() return r.state.exited end, 3000))
+          assert.equal(0, r.state.code, dump(r))
+        end
+        assert.equal(new_pid .. "\n", read(pid_file))
+        local before = versions[version] or 0
+        assert.is_true(helper.wait(function() return (versions[version] or 0) > before + 20 end, 5000))
+        current = new_pid
+      end
+      stopping = true
+      helper.wait(function() return inflight == 0 end, 5000)
+
+      local failed, report = 0, {}
+      for k, v in pairs(outcomes) do
+        report[#report + 1] = k .. "=" .. v
+        if k ~= "ok" then failed = failed + v end
+      end
+      table.sort(report)
+      local per = {}
+      for k = 1, UPGRADES + 1 do per[#per + 1] = ("v%d %d"):format(k, versions["v" .. k] or 0) end
+      print(("\n[upgrade, %s] %d upgrades, outcomes: %s (%s)"):format(policy, UPGRADES, table.concat(report, " "),
+        table.concat(per, ", ")))
+      assert.equal(0, failed, table.concat(report, " ") .. "\n" .. dump(r))
+      assert.equal(UPGRADES, count(r, "upgrade: the new runner %(pid %d+%) is ready; this one stops"))
+
+      -- The new runner answers on the same control socket, and stops.
+      code, out = command({ "status", "--control", path })
+      assert.same({ 0, 3 }, { code, #out })
+      code = command({ "stop", "--control", path })
+      assert.equal(0, code)
+      assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.state.eof end, 10000), dump(r))
+      assert.is_nil(read(pid_file))
+      assert.is_nil(uv.fs_lstat(path))
+    end)
+  end
+
+  it("keeps the old runner serving when the new one's workers fail (SIGUSR2)", function()
+    local port = helper.free_port()
+    local r = start({ "-w", "1", "--control", path, "--pid-file", pid_file, "--crash-deaths", "2",
+      helper.fixture("sv_server"), tostring(port), version_file })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    set_version("crash")
+    uv.kill(r.pid, "sigusr2")
+    assert.is_true(wait_count(r, "upgrade failed: the new runner exited with code 3 before it was ready; "
+      .. "this runner keeps serving", 1, 10000), dump(r))
+    local _, line = find(r, "upgrade: new runner %(pid %d+%)")
+    new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+    assert.is_false(helper.alive(new_pid))
+    assert.is_nil(r.state.exited)
+    assert.equal(r.pid .. "\n", read(pid_file))
+    assert.matches("^%d+ v1$", (ask(port)))
+    -- The control socket is back.
+    assert.is_true(helper.wait(function() return uv.fs_lstat(path) ~= nil end, 3000))
+    local code, out = command({ "status", "--control", path })
+    assert.same({ 0, 2 }, { code, #out })
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000), dump(r))
+  end)
+end)
