@@ -130,6 +130,15 @@ local function parse(impl, who, text)
   end
 end
 
+-- The machine's load average around the runs: a shared machine's noise.
+local function loadavg()
+  local fh = io.open("/proc/loadavg", "r")
+  if not fh then return "?" end
+  local l = fh:read("l") or "?"
+  fh:close()
+  return (l:match("^(%S+ %S+ %S+)") or l)
+end
+local load_start = loadavg()
 local t_start = os.time()
 for r = 1, RUNS do
   for _, jb in ipairs(jobs) do
@@ -333,5 +342,6 @@ if #failures > 0 then
   p("")
   p("Failed runs: " .. table.concat(failures, "; "))
 end
-p(("Total time: %d s"):format(os.time() - t_start))
+p(("Total time: %d s; load average (1, 5, 15 min) at the start %s, at the end %s"):format(
+  os.time() - t_start, load_start, loadavg()))
 io.stdout:write(table.concat(lines, "\n"), "\n")
