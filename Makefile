@@ -148,8 +148,13 @@ rock:
 demo: deps-run install
 	$(LUA) examples/count_requests.lua
 
+# bench/ipc: the luv-cluster cases under $(LUA) and again under LuaJIT
+# (BENCH_LUAJIT=0 skips those), Node's cluster when the machine has it,
+# and a raw C socketpair baseline; BENCH_RUNS repetitions (default 5),
+# medians. The driver runs under lua5.4.
 bench: build
-	$(LUA_ENV) LUA=$(LUA) $(LUA) bench/ipc/run.lua
+	@$(MAKE) --no-print-directory build LUA=luajit CFLAGS="$(CFLAGS)"
+	LUA=$(LUA) lua5.4 bench/ipc/run.lua
 
 # wrk and nginx from Debian; node is used when the machine has it.
 # The driver runs under lua5.4; the luv-cluster rows under $(LUA) and

@@ -12,7 +12,9 @@
 local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 package.path = dir .. "/?.lua;" .. dir .. "/../../lua/?.lua;" .. dir
   .. "/../../lua/?/init.lua;" .. package.path
-package.cpath = dir .. "/../../build/?.so;" .. package.cpath
+-- build/<interpreter>/ (lua5.4, luajit, ...: see the Makefile)
+package.cpath = dir .. "/../../build/" .. require("cluster.compat").build_name
+  .. "/?.so;" .. package.cpath
 
 local uv = require("luv")
 local cluster = require("cluster")

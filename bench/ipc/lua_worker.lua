@@ -7,10 +7,15 @@
 --   w2m_big    on "go", sends BENCH_N 64 KiB strings
 --   m2w_small  counts BENCH_N tables (checking the order), answers {done=n}
 --   echo       sends every message back (ping-pong)
+--   count      counts what arrives (BENCH_KIND small: {seq=i} tables in
+--              increasing order; big: 64 KiB strings) until the master's
+--              {fin=k}, then answers {done=count} (lua_loop.lua)
 local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 package.path = dir .. "/?.lua;" .. dir .. "/../../lua/?.lua;" .. dir
   .. "/../../lua/?/init.lua;" .. package.path
-package.cpath = dir .. "/../../build/?.so;" .. package.cpath
+-- build/<interpreter>/ (lua5.4, luajit, ...: see the Makefile)
+package.cpath = dir .. "/../../build/" .. require("cluster.compat").build_name
+  .. "/?.so;" .. package.cpath
 
 local cluster = require("cluster")
 local uv = require("luv")
@@ -38,6 +43,32 @@ elseif mode == "m2w_small" then
       os.exit(1)
     end
     if got == n then me:send({ done = got }) end
+  end)
+  me:send("ready")
+elseif mode == "count" then
+  local big = os.getenv("BENCH_KIND") == "big"
+  local got, last = 0, 0
+  me:on("message", function(msg)
+    if big then
+      if type(msg) == "string" and #msg == 65536 then
+        got = got + 1
+        return
+      end
+    elseif type(msg) == "table" and msg.seq then
+      if msg.seq <= last or msg.text ~= "hello world" then
+        io.stderr:write("lua_worker: out of order ", tostring(msg.seq), " after ", last, "\n")
+        os.exit(1)
+      end
+      last = msg.seq
+      got = got + 1
+      return
+    end
+    if type(msg) == "table" and msg.fin then
+      me:send({ done = got })
+    else
+      io.stderr:write("lua_worker: unexpected message\n")
+      os.exit(1)
+    end
   end)
   me:send("ready")
 elseif mode == "echo" then

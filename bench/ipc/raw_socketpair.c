@@ -22,7 +22,8 @@
  *                 does (for comparison only: what the event loop costs).
  *
  * Every mode is timed by the receiver (the parent): from the moment it tells
- * the child to start until the last frame has been parsed.
+ * the child to start until the last frame has been parsed. In the one-way
+ * modes the child (the sender) also prints its peak RSS (VmHWM).
  *
  * Usage: raw_socketpair [small_n [big_n [pingpong_n [pingpong_epoll_n]]]]
  * (a count of 0 skips that mode)
@@ -161,6 +162,9 @@ static void recv_small_frame(int fd, int ep, unsigned char *frame) {
       continue;
     }
     if (r == 0) {
+      /* The echoing child exits after its last reply: EOF after a whole
+       * frame is the end, not an error. */
+      if (have >= HDR + SMALL_PAYLOAD) break;
       fprintf(stderr, "raw_socketpair: unexpected EOF\n");
       exit(1);
     }
@@ -276,6 +280,19 @@ static double pct(const double *sorted, long n, double p) {
 
 typedef enum { M_SMALL, M_BIG, M_PINGPONG, M_PINGPONG_EPOLL } mode_t_;
 
+/* The sender's (this child's) peak RSS, VmHWM, once it has sent all. */
+static void print_sender_hwm(const char *what) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return;
+  char line[256];
+  long kb = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmHWM: %ld", &kb) == 1) break;
+  fclose(f);
+  if (kb >= 0) printf("raw sender_hwm_%s kb=%ld mb=%.2f\n", what, kb, (double)kb / 1024);
+  fflush(stdout);
+}
+
 static void run_mode(mode_t_ mode, long n) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) die("socketpair");
@@ -286,6 +303,7 @@ static void run_mode(mode_t_ mode, long n) {
     if (mode == M_SMALL) child_oneway(sv[1], n, SMALL_PAYLOAD);
     else if (mode == M_BIG) child_oneway(sv[1], n, BIG_PAYLOAD);
     else child_pingpong(sv[1], n, mode == M_PINGPONG_EPOLL);
+    if (mode == M_SMALL || mode == M_BIG) print_sender_hwm(mode == M_SMALL ? "small" : "64k");
     _exit(0);
   }
   close(sv[1]);
