@@ -199,8 +199,9 @@ function share.install(cluster, worker)
       return 0
     end
     local ok, err, name = orig.listen(handle, backlog, cb)
-    if ok then announce(server) end
-    return ok, err, name
+    if not ok then return ok, err, name end
+    announce(server)
+    return ok -- one result on success, as luv gives
   end
 
   local function accept(handle, client)
@@ -210,13 +211,13 @@ function share.install(cluster, worker)
     if not fd then return luv_error(EAGAIN[1], EAGAIN[2]) end
     local open = server.type == "pipe" and orig.pipe_open or orig.tcp_open
     local ok, err, name = open(client, fd)
-    if ok then
-      received[client] = true
-    else
+    if not ok then
       core.close(fd)
       count_close()
+      return ok, err, name
     end
-    return ok, err, name
+    received[client] = true
+    return ok -- one result on success, as luv gives
   end
 
   -- Tell the master the server is gone, give back connections it was sent
