@@ -279,7 +279,7 @@ static int push_refused(lua_State *L, const char *what, int err) {
  * Raises when the value cannot be sent (a function, a cycle, over
  * maxMessageSize...); then nothing was queued. nil, err, ENAME when the
  * message was refused: the queue holds maxQueueSize bytes or this message
- * would pass it (ENOBUFS), an earlier write failed (its errno), or fd could
+ * would take a queue that is not empty past it (ENOBUFS), an earlier write failed (its errno), or fd could
  * not be duplicated or memory ran out. The channel keeps its own duplicate
  * of fd, so the caller may close it at once; with `take`, the channel takes
  * fd itself instead (no descriptor is needed to pass it), and on a refusal
@@ -312,11 +312,14 @@ static int l_send(lua_State *L) {
     buffer_consume(&ch->out, ch->out_head);
     ch->out_head = 0;
   }
-  /* The message may not take the queue past maxQueueSize. */
+  /* The message may not take a queue that holds something past
+   * maxQueueSize. An empty queue takes any message up to maxMessageSize:
+   * otherwise one bigger than maxQueueSize could never be sent, and an
+   * idle channel would refuse it as "queue full" with no 'drain' to come. */
   size_t room = ch->max_queue - pending;
   size_t limit = ch->max_payload;
   int limited_by_queue = 0;
-  if (room < (size_t)FRAME_HEADER_SIZE + limit) {
+  if (pending > 0 && room < (size_t)FRAME_HEADER_SIZE + limit) {
     limit = room > FRAME_HEADER_SIZE ? room - FRAME_HEADER_SIZE : 0;
     limited_by_queue = 1;
   }
