@@ -40,6 +40,31 @@ static int same_scalar(lua_State *L, int a, int b) {
   }
 }
 
+/* Whether every table in the values at a and b (compared in step, as
+ * same_value walks them) has the same border; 0 too when that cannot be
+ * told (a table used as a key has no counterpart to compare with). */
+static int same_borders(lua_State *L, int a, int b) {
+  if (lua_type(L, a) != LUA_TTABLE || lua_type(L, b) != LUA_TTABLE) return 1;
+  if (!lua_checkstack(L, 6)) fail(L, "stack overflow in compare");
+  if (lua_rawlen(L, a) != lua_rawlen(L, b)) return 0;
+  int top = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, a)) {
+    if (lua_type(L, -2) == LUA_TTABLE) { /* cannot be paired up: unknown */
+      lua_settop(L, top);
+      return 0;
+    }
+    lua_pushvalue(L, -2);
+    lua_rawget(L, b);
+    if (!same_borders(L, top + 2, top + 3)) {
+      lua_settop(L, top);
+      return 0;
+    }
+    lua_pop(L, 2);
+  }
+  return 1;
+}
+
 /* Deep equality of the values at absolute indices a and b. Entries under
  * table keys cannot be looked up in the other table (keys compare by
  * identity), so for those only the number of entries is compared. */
@@ -47,7 +72,9 @@ static int same_value(lua_State *L, int a, int b) {
   if (lua_type(L, a) != LUA_TTABLE) return same_scalar(L, a, b);
   if (lua_type(L, b) != LUA_TTABLE) return 0;
   if (!lua_checkstack(L, 6)) fail(L, "stack overflow in compare");
-  if (lua_rawlen(L, a) != lua_rawlen(L, b)) return 0;
+  /* No border comparison: a table with holes has several borders, and
+   * one decoded from key/value pairs (the encoder's form for a mostly
+   * empty array part) may report another than the original did. */
   int top = lua_gettop(L);
   size_t na = 0, nb = 0;
   lua_pushnil(L);
@@ -97,14 +124,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (codec_decode(L, first.data + 3, len1) != 0) fail(L, "re-decode failed");
   if (!same_value(L, 1, 2)) fail(L, "round trip changed the value");
 
-  /* Same value and same array borders, so the same encoded size. */
+  /* Same value, so the same encoded size, as long as every table kept
+   * its border (see same_value); a second round trip must then be stable. */
   buffer second = {0};
   if (codec_encode(L, 2, &second, SIZE_MAX) != 0)
     fail(L, "second encode failed");
-  if (second.len != len1) fail(L, "second encoding has a different size");
+  if (second.len != len1 && same_borders(L, 1, 2)) fail(L, "second encoding has a different size");
 
   /* One byte under the limit must fail and leave the buffer as it was. */
-  if (codec_encode(L, 2, &first, len1 - 1) == 0) fail(L, "limit not enforced");
+  if (codec_encode(L, 2, &first, second.len - 1) == 0) fail(L, "limit not enforced");
   if (first.len != 3 + len1) fail(L, "failed encode changed out->len");
   if (lua_gettop(L) != 3 || lua_type(L, 3) != LUA_TSTRING)
     fail(L, "failed encode did not push one error string");
