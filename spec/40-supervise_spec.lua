@@ -383,6 +383,23 @@ describe("cluster.supervise", function()
     assert.is_true(wait_ready(2))
   end)
 
+  it("a second replace of a worker whose step is running shares that step", function()
+    set_version("v1")
+    start({ workers = 1, exec = helper.fixture("sv_server"), args = { "0", version_file } })
+    assert.is_true(wait_ready(1))
+    local old = sv:workers()[1].pid
+    local results = {}
+    assert.is_true(sv:replace(1, "first", function(ok, err) results[#results + 1] = { "first", ok, err } end))
+    -- The step has started: its new worker is booting.
+    assert.is_truthy(find("spawn", { reason = "recycle" }))
+    assert.is_true(sv:replace(1, "second", function(ok, err) results[#results + 1] = { "second", ok, err } end))
+    assert.is_true(helper.wait(function() return #results == 2 end, 5000))
+    assert.same({ { "first", true }, { "second", true } }, results)
+    assert.equal(1, #all("recycle"))
+    assert.equal(1, #all("spawn", { reason = "recycle" }))
+    assert.not_equal(old, sv:workers()[1].pid)
+  end)
+
   it("stops gracefully: every worker disconnects and exits, status clean", function()
     set_version("v1")
     start({ workers = 2, exec = helper.fixture("sv_server"), args = { "0", version_file } })
@@ -407,10 +424,10 @@ describe("cluster.supervise", function()
     local pid = pid_of(conn.line)
     local clean, info
     local t0 = uv.now()
+    local w = sv:workers()[1]
     sv:stop(function(ok, i) clean, info = ok, i end)
     -- Draining: once the worker has let its server go, the port takes no
     -- new connection.
-    local w = sv.live and next(sv.live).worker
     assert.is_true(helper.wait(function() return w.state == "disconnected" end))
     local line, err = ask(port)
     assert.is_nil(line)

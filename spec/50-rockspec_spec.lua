@@ -23,15 +23,21 @@ local function load_rockspec(path)
   return env
 end
 
-local function files(dir, suffix)
-  local found = {}
+-- Files under dir (and its subdirectories) whose names end in suffix.
+local function files(dir, suffix, found)
+  local top = found == nil
+  found = found or {}
   local req = assert(uv.fs_scandir(root .. "/" .. dir))
   while true do
-    local name = uv.fs_scandir_next(req)
+    local name, kind = uv.fs_scandir_next(req)
     if not name then break end
-    if name:sub(-#suffix) == suffix then found[#found + 1] = dir .. "/" .. name end
+    if kind == "directory" then
+      files(dir .. "/" .. name, suffix, found)
+    elseif name:sub(-#suffix) == suffix then
+      found[#found + 1] = dir .. "/" .. name
+    end
   end
-  table.sort(found)
+  if top then table.sort(found) end
   return found
 end
 
@@ -73,8 +79,8 @@ describe("rockspecs", function()
     local modules = scm.build.modules
     local want = {}
     for _, path in ipairs(files("lua/cluster", ".lua")) do
-      local name = path:match("([^/]+)%.lua$")
-      want[name == "init" and "cluster" or "cluster." .. name] = path
+      local name = path:match("^lua/(.+)%.lua$"):gsub("/", ".")
+      want[name == "cluster.init" and "cluster" or name] = path
     end
     local got = {}
     for name, path in pairs(modules) do
