@@ -1,12 +1,15 @@
 -- What differs between Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT 2.1, in one
 -- place: the rest of the Lua layer calls these instead of the 5.3+ library
 -- (math.type, math.tointeger, table.move, table.unpack, xpcall's extra
--- arguments) and never uses 5.3+ syntax.
+-- arguments) and never uses 5.3+ syntax. Also the module search paths a
+-- process this one starts is given (the variables differ by version).
 --
 -- Numbers: before 5.3 every number is a double. There an "integer" is a
 -- number with an integral value within +-2^53 (-0.0 excepted), the same
 -- rule the C core's compat.h uses and the codec sends with its integer
 -- tag.
+
+local uv = require("luv")
 
 local compat = {}
 
@@ -90,6 +93,16 @@ if version == "5.1" then
 else
   local suffix = "_" .. version:gsub("%.", "_")
   compat.path_var, compat.cpath_var = "LUA_PATH" .. suffix, "LUA_CPATH" .. suffix
+end
+
+-- A module search path (package.path or package.cpath) with its relative
+-- entries made absolute, for a child process that may run in another cwd
+-- (a worker, a process cluster.testing starts).
+function compat.absolute_paths(path)
+  local cwd = uv.cwd()
+  return (path:gsub("[^;]+", function(p)
+    if p:sub(1, 1) ~= "/" then return cwd .. "/" .. p end
+  end))
 end
 
 -- The name of this interpreter's build directory (build/<name>/): lua5.1

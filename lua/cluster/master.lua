@@ -10,7 +10,9 @@ local protocol = require("cluster.protocol")
 local settings = require("cluster.settings")
 local share = require("cluster.share_master")
 local report_listener_error = require("cluster.emitter").report_listener_error
-local xpcall = require("cluster.compat").xpcall
+local compat = require("cluster.compat")
+local xpcall = compat.xpcall
+local absolute_paths = compat.absolute_paths
 
 local traceback = debug.traceback
 
@@ -79,17 +81,9 @@ end
 -- The worker's interpreter finds modules where this one does, and loads
 -- the cluster module before its script, so 'online' means Lua is running.
 -- Relative search paths are made absolute, as the worker may run in
--- another cwd.
-local function absolute_paths(path)
-  local cwd = uv.cwd()
-  return (path:gsub("[^;]+", function(p)
-    if p:sub(1, 1) ~= "/" then return cwd .. "/" .. p end
-  end))
-end
-
--- The cpath only when the worker runs the master's kind of Lua: a C
--- module built for another version cannot load (settings.lua may name
--- another interpreter; that one finds cluster.core on its own cpath).
+-- another cwd. The cpath only when the worker runs the master's kind of
+-- Lua: a C module built for another version cannot load (settings.lua may
+-- name another interpreter; that one finds cluster.core on its own cpath).
 local function bootstrap()
   return ("package.path=%q if (jit and 'luajit' or _VERSION)==%q then package.cpath=%q end "
     .. "require('cluster')"):format(absolute_paths(package.path),

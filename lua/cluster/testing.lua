@@ -356,15 +356,6 @@ local function absolute(path, base)
   return (base or uv.cwd()) .. "/" .. path
 end
 
--- Relative entries of a search path made absolute (the child may run in
--- another cwd).
-local function absolute_paths(path)
-  local cwd = uv.cwd()
-  return (path:gsub("[^;]+", function(p)
-    if p:sub(1, 1) ~= "/" then return cwd .. "/" .. p end
-  end))
-end
-
 -- How to start the runner: { lua = path of its Lua source } when it is a
 -- Lua script (a checkout's bin/luv-cluster, or the rock's copy), else
 -- { program = path } (luarocks' shell wrapper, or luv-cluster on PATH).
@@ -479,8 +470,8 @@ function testing.spawn(script, args, opts)
   -- then opts.env.
   local env = uv.os_environ()
   if not opts.lua then
-    env[compat.path_var] = absolute_paths(package.path)
-    env[compat.cpath_var] = absolute_paths(package.cpath)
+    env[compat.path_var] = compat.absolute_paths(package.path)
+    env[compat.cpath_var] = compat.absolute_paths(package.cpath)
   end
   for k, v in pairs(opts.env or {}) do env[k] = tostring(v) end
   -- stdout line-buffered, as on a terminal, in the process and in every
