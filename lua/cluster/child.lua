@@ -6,6 +6,7 @@ local Channel = require("cluster.channel")
 local protocol = require("cluster.protocol")
 local Worker = require("cluster.worker")
 local proctitle = require("cluster.proctitle")
+local defer = require("cluster.defer")
 local share = require("cluster.share_worker")
 local report_listener_error = require("cluster.emitter").report_listener_error
 local compat = require("cluster.compat")
@@ -63,12 +64,7 @@ function child.install(cluster, id, fd, limits, policy)
   -- on the loop's first turn, once the script runs (cluster.proctitle):
   -- this module loads from the -e boot chunk, before lua.c has read the
   -- script's name from argv.
-  local title_turn = uv.new_timer()
-  title_turn:start(0, 0, function()
-    title_turn:close()
-    proctitle.set("worker", id)
-  end)
-  title_turn:unref()
+  defer.unref_call(function() proctitle.set("worker", id) end)
 
   local worker = Worker.new(ChildWorker, id, compat.tointeger(uv.os_getpid()))
   worker.state = "online"

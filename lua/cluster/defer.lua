@@ -2,6 +2,7 @@
 -- a call are emitted after the call returns, so listeners added right
 -- after it still see them. One timer serves the whole queue; it is created
 -- on first use (require must leave no handle behind) and never closed.
+-- defer.unref_call is for work that should not keep the loop alive.
 
 local uv = require("luv")
 local call_protected = require("cluster.emitter").call_protected
@@ -33,6 +34,19 @@ function defer.call(fn)
   queue[tail] = fn
   if not timer then timer = uv.new_timer() end
   if tail == head then timer:start(0, 0, defer.run) end
+end
+
+-- fn() on the loop's next turn, from a timer of its own that does not
+-- keep the loop alive: if nothing else runs the loop, fn never runs. Not
+-- part of defer.call's queue, and not protected (an error is luv's to
+-- report).
+function defer.unref_call(fn)
+  local t = uv.new_timer()
+  t:start(0, 0, function()
+    t:close()
+    fn()
+  end)
+  t:unref()
 end
 
 return defer

@@ -12,6 +12,7 @@ local uv = require("luv")
 local Emitter = require("cluster.emitter")
 local settings = require("cluster.settings")
 local compat = require("cluster.compat")
+local defer = require("cluster.defer")
 
 local cluster = setmetatable(Emitter.new({}), { __index = Emitter })
 
@@ -26,12 +27,7 @@ local function default_sigint()
   local core = require("cluster.core")
   local interpreter_handler = core.signal_handler("SIGINT")
   core.default_signal("SIGINT", interpreter_handler)
-  local first_turn = uv.new_timer()
-  first_turn:start(0, 0, function()
-    first_turn:close()
-    core.default_signal("SIGINT", interpreter_handler)
-  end)
-  first_turn:unref()
+  defer.unref_call(function() core.default_signal("SIGINT", interpreter_handler) end)
 end
 default_sigint()
 
