@@ -4,9 +4,11 @@
 -- every outcome while SIGHUP fires every 200 ms.
 local helper = require("helper")
 local uv = require("luv")
-local compat = require("cluster.compat")
+local util = dofile(helper.fixture("runner_util"))
 
-local BIN = uv.cwd() .. "/bin/luv-cluster"
+local start, fast, find, count, dump, port_of, ask = util.start, util.fast, util.find, util.count, util.dump,
+  util.port_of, util.ask
+local wait_line, wait_count, wait_exit = util.wait_line, util.wait_count, util.wait_exit
 
 -- A scratch directory per describe block (made in setup, gone in teardown).
 local tmpdir, version_file
@@ -21,90 +23,7 @@ local function remove_tmp()
   uv.fs_rmdir(tmpdir)
 end
 
-local function set_version(v)
-  local f = assert(io.open(version_file, "w"))
-  f:write(v, "\n")
-  f:close()
-end
-
--- The runner of the current case: { state = spawn_lua's, pids = {workers} }.
-local run
-
-local function start(args, bin)
-  local r = { pids = {}, seen = {} }
-  r.state = helper.spawn_lua(bin or BIN, args, function(line)
-    local pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
-    if pid and not r.seen[pid] then
-      r.seen[pid] = true
-      r.pids[#r.pids + 1] = pid
-    end
-  end)
-  r.pid = r.state.pid
-  run = r
-  return r
-end
-
-local function lines(r) return r.state.lines end
-
--- Index of the first line from `from` on that matches pattern.
-local function find(r, pattern, from)
-  local ls = lines(r)
-  for i = from or 1, #ls do
-    if ls[i]:find(pattern) then return i, ls[i] end
-  end
-end
-
-local function count(r, pattern)
-  local n = 0
-  for _, l in ipairs(lines(r)) do if l:find(pattern) then n = n + 1 end end
-  return n
-end
-
-local function wait_line(r, pattern, timeout, from)
-  helper.wait(function() return find(r, pattern, from) ~= nil or r.state.exited end, timeout or 3000)
-  return find(r, pattern, from)
-end
-
-local function wait_count(r, pattern, n, timeout)
-  return helper.wait(function() return count(r, pattern) >= n end, timeout or 3000)
-end
-
-local function wait_exit(r, timeout)
-  helper.wait(function() return r.state.exited and r.state.eof end, timeout or 3000)
-  return r.state.exited and r.state.code, r.state.signal
-end
-
-local function dump(r)
-  return "runner output:\n" .. table.concat(lines(r), "\n")
-end
-
-local function port_of(r)
-  local _, line = find(r, "listening on 127%.0%.0%.1:%d+")
-  return line and compat.tointeger(tonumber(line:match(":(%d+)$")))
-end
-
--- One request on a new connection; the answer line, or nil and an error.
-local function ask(port)
-  local c = uv.new_tcp()
-  local res = {}
-  c:connect("127.0.0.1", port, function(err)
-    if err then res.err = err; c:close(); return end
-    c:write("ping\n")
-    local buf = ""
-    c:read_start(function(e, data)
-      if e or not data then
-        res.err = res.err or e or "EOF"
-        if not c:is_closing() then c:close() end
-        return
-      end
-      buf = buf .. data
-      local line = buf:match("^([^\n]*)\n")
-      if line and not res.line then res.line = line; c:close() end
-    end)
-  end)
-  helper.wait(function() return res.line or res.err end, 2000)
-  return res.line, res.err
-end
+local function set_version(v) util.set_version(version_file, v) end
 
 local function fd_count(pid)
   local n = 0
@@ -114,30 +33,9 @@ local function fd_count(pid)
   return n
 end
 
-local FAST = { "--heartbeat-interval", "50ms", "--heartbeat-timeout", "2s", "--boot-timeout", "3s",
-  "--backoff-initial", "10ms" }
-
-local function args(list)
-  local out = {}
-  for _, a in ipairs(FAST) do out[#out + 1] = a end
-  for _, a in ipairs(list) do out[#out + 1] = a end
-  return out
-end
-
 describe("luv-cluster (the runner)", function()
-  after_each(function()
-    if run then
-      if not run.state.exited then uv.kill(run.pid, "sigkill") end
-      assert.is_true(helper.wait(function() return run.state.exited end, 3000))
-      helper.wait(function() return run.state.eof end, 1000)
-      -- Workers die with their master (and on a clean stop, before it).
-      for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
-          "worker " .. pid .. " still runs")
-      end
-    end
-    run = nil
-  end)
+  -- Workers die with their master (and on a clean stop, before it).
+  after_each(util.cleanup)
 
   setup(make_tmp)
   teardown(remove_tmp)
@@ -145,34 +43,11 @@ describe("luv-cluster (the runner)", function()
   it("--help prints the usage and exits 0", function()
     local r = start({ "--help" })
     assert.equal(0, wait_exit(r))
-    assert.matches("^Usage: luv%-cluster %[options%] script%.lua", lines(r)[1])
+    assert.matches("^Usage: luv%-cluster %[options%] script%.lua", r.lines[1])
     assert.is_truthy(find(r, "%-%-workers N"))
   end)
 
   -- Bad usage: exit 2, nothing on stdout, one clear line on stderr.
-  local function run_capturing(argv)
-    local out, err, res = "", "", {}
-    local stdout, stderr = uv.new_pipe(false), uv.new_pipe(false)
-    local env = { helper.path_var .. "=" .. package.path, helper.cpath_var .. "=" .. package.cpath }
-    local full = { BIN }
-    for _, a in ipairs(argv) do full[#full + 1] = a end
-    local handle
-    handle = uv.spawn(require("cluster.core").exe_path(), { args = full, env = env, stdio = { nil, stdout, stderr } },
-      function(code) res.code = code; handle:close() end)
-    local open = 2
-    local function reader(append)
-      return function(_, data)
-        if data then append(data) else open = open - 1 end
-      end
-    end
-    stdout:read_start(reader(function(d) out = out .. d end))
-    stderr:read_start(reader(function(d) err = err .. d end))
-    helper.wait(function() return res.code and open == 0 end, 3000)
-    helper.close(stdout)
-    helper.close(stderr)
-    return res.code, out, err
-  end
-
   for _, case in ipairs({
     { { "--workers", "0", "x.lua" }, "%-%-workers: expected an integer >= 1, got '0'" },
     { { "-w", "two", "x.lua" }, "%-w: expected an integer >= 1, got 'two'" },
@@ -186,7 +61,7 @@ describe("luv-cluster (the runner)", function()
     { { "--user", "no-such-user-here", "x.lua" }, "%-%-user: no such user 'no%-such%-user%-here'" },
   }) do
     it("exits 2 on bad usage: " .. table.concat(case[1], " "), function()
-      local code, out, err = run_capturing(case[1])
+      local code, out, err = util.run_once(case[1])
       assert.equal(2, code)
       assert.equal("", out)
       assert.matches("^luv%-cluster: " .. case[2], err)
@@ -196,7 +71,7 @@ describe("luv-cluster (the runner)", function()
 
   it("runs N workers, prints their lifecycle, a stats table on SIGUSR1, and stops cleanly on SIGTERM", function()
     set_version("v1")
-    local r = start(args({ "-w", "2", helper.fixture("sv_server"), "0", version_file }))
+    local r = start(fast({ "-w", "2", helper.fixture("sv_server"), "0", version_file }))
     assert.is_true(wait_count(r, "ready after", 2), dump(r))
     assert.is_truthy(find(r, "^luv%-cluster: worker %d+ %(pid %d+%) started in slot 1$"))
     assert.is_truthy(find(r, "^luv%-cluster: worker %d+ %(pid %d+%) online$"))
@@ -205,9 +80,9 @@ describe("luv-cluster (the runner)", function()
     uv.kill(r.pid, "sigusr1")
     local header = wait_line(r, "^slot%s+id%s+pid%s+state%s+age%s+restarts%s+heartbeat%s+rss")
     assert.is_truthy(header, dump(r))
-    assert.is_true(helper.wait(function() return #lines(r) >= header + 2 end))
+    assert.is_true(helper.wait(function() return #r.lines >= header + 2 end))
     for i = 1, 2 do
-      local row = lines(r)[header + i]
+      local row = r.lines[header + i]
       local slot, pid = row:match("^(%d+)%s+%d+%s+(%d+)%s+ready%s+[%d.]+s%s+0%s+%d+ ms ago%s+[%d.]+M")
       assert.equal(tostring(i), slot, row)
       assert.is_true(helper.alive(tonumber(pid)))
@@ -216,12 +91,12 @@ describe("luv-cluster (the runner)", function()
     assert.equal(0, wait_exit(r), dump(r))
     assert.is_truthy(find(r, "stopping 2 workers %(graceful"))
     assert.equal(2, count(r, "exited with code 0 after %d+ ms, stop$"))
-    assert.matches("^luv%-cluster: stopped$", lines(r)[#lines(r)])
+    assert.matches("^luv%-cluster: stopped$", r.lines[#r.lines])
   end)
 
   it("SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU removes the newest, SIGINT stops", function()
     set_version("v1")
-    local r = start(args({ "-w", "2", helper.fixture("sv_server"), "0", version_file }))
+    local r = start(fast({ "-w", "2", helper.fixture("sv_server"), "0", version_file }))
     assert.is_true(wait_count(r, "ready after", 2), dump(r))
     local port = port_of(r)
     set_version("v2")
@@ -234,7 +109,7 @@ describe("luv-cluster (the runner)", function()
     assert.is_truthy(wait_line(r, "scaling to 3 workers"), dump(r))
     local i_new = wait_line(r, "started %(scale up%) in slot 3")
     assert.is_truthy(i_new, dump(r))
-    local newest = lines(r)[i_new]:match("%(pid (%d+)%)")
+    local newest = r.lines[i_new]:match("%(pid (%d+)%)")
     assert.is_truthy(wait_line(r, "%(pid " .. newest .. "%) ready"), dump(r))
     uv.kill(r.pid, "sigttou")
     assert.is_truthy(wait_line(r, "scaling to 2 workers"), dump(r))
@@ -245,7 +120,7 @@ describe("luv-cluster (the runner)", function()
 
   it("a graceful stop that outlasts --stop-timeout kills the worker and exits 1", function()
     set_version("v1")
-    local r = start(args({ "-w", "1", "--stop-timeout", "200ms", helper.fixture("sv_server"), "0", version_file }))
+    local r = start(fast({ "-w", "1", "--stop-timeout", "200ms", helper.fixture("sv_server"), "0", version_file }))
     assert.is_truthy(wait_line(r, "ready after"), dump(r))
     -- A keep-alive connection keeps the worker's loop alive after it has
     -- closed its server.
@@ -265,12 +140,12 @@ describe("luv-cluster (the runner)", function()
     assert.is_true(uv.now() - t0 >= 190)
     assert.is_truthy(find(r, "still running: SIGKILL %(stop_timeout%)"))
     assert.is_truthy(find(r, "killed by SIGKILL"))
-    assert.matches("stopped %(1 workers killed%)", lines(r)[#lines(r)])
+    assert.matches("stopped %(1 workers killed%)", r.lines[#r.lines])
     assert.is_true(helper.wait(function() return closed end))
   end)
 
   it("a second SIGINT stops at once (exit 1)", function()
-    local r = start(args({ "-w", "2", "--stop-timeout", "30s", helper.fixture("sv_linger") }))
+    local r = start(fast({ "-w", "2", "--stop-timeout", "30s", helper.fixture("sv_linger") }))
     assert.is_true(wait_count(r, "ready after", 2), dump(r))
     -- The workers have sessions of their own: a terminal's Ctrl-C reaches
     -- only the runner.
@@ -287,14 +162,14 @@ describe("luv-cluster (the runner)", function()
     uv.kill(r.pid, "sigint")
     assert.is_truthy(wait_line(r, "stopping 2 workers %(graceful"), dump(r))
     -- sv_linger.lua does not leave after a disconnect: the graceful stop would wait 30 s.
-    assert.is_false(helper.wait(function() return r.state.exited end, 100))
+    assert.is_false(helper.wait(function() return r.exited end, 100))
     uv.kill(r.pid, "sigint")
     assert.equal(1, wait_exit(r, 2000), dump(r))
     assert.equal(2, count(r, "SIGKILL %(immediate%)"))
   end)
 
   it("a crash loop backs off, marks each slot errored and exits 3", function()
-    local r = start(args({ "-w", "2", "--crash-deaths", "3", helper.fixture("sv_crash") }))
+    local r = start(fast({ "-w", "2", "--crash-deaths", "3", helper.fixture("sv_crash") }))
     assert.equal(3, wait_exit(r), dump(r))
     assert.equal(2, count(r, "errored: 3 quick deaths in a row"))
     assert.equal(6, count(r, "exited with code 3"))
@@ -313,7 +188,7 @@ describe("luv-cluster (the runner)", function()
   end)
 
   it("leaves a uv.spawn child of the user script to the script", function()
-    local r = start(args({ "-w", "1", helper.fixture("sv_spawn") }))
+    local r = start(fast({ "-w", "1", helper.fixture("sv_spawn") }))
     assert.is_truthy(wait_line(r, "^child exited code 7 signal 0$"), dump(r))
     assert.is_truthy(wait_line(r, "ready after"), dump(r))
     uv.kill(r.pid, "sigterm")
@@ -321,38 +196,34 @@ describe("luv-cluster (the runner)", function()
   end)
 
   it("--json prints one object per event; --quiet prints none", function()
-    local r = start(args({ "--json", "-w", "1", helper.fixture("ready") }))
+    local r = start(fast({ "--json", "-w", "1", helper.fixture("ready") }))
     assert.is_truthy(wait_line(r, '^{"event":"ready",'), dump(r))
-    assert.matches('^{"event":"spawn","id":%d+,"pid":%d+,"reason":"start","slot":1,"time":%d+}$', lines(r)[1])
+    assert.matches('^{"event":"spawn","id":%d+,"pid":%d+,"reason":"start","slot":1,"time":%d+}$', r.lines[1])
     uv.kill(r.pid, "sigusr1")
     assert.is_truthy(wait_line(r, '^{"event":"stats","workers":%[{.*"state":"ready"'), dump(r))
     uv.kill(r.pid, "sigterm")
     assert.equal(0, wait_exit(r))
-    assert.matches('^{"event":"stopped","clean":true,"killed":0,', lines(r)[#lines(r)])
+    assert.matches('^{"event":"stopped","clean":true,"killed":0,', r.lines[#r.lines])
 
-    local q = start(args({ "--quiet", "-w", "1", helper.fixture("sv_spawn") }))
+    local q = start(fast({ "--quiet", "-w", "1", helper.fixture("sv_spawn") }))
     assert.is_truthy(wait_line(q, "^child exited"), dump(q))
     uv.kill(q.pid, "sigterm")
     assert.equal(0, wait_exit(q))
-    assert.same({ "child exited code 7 signal 0" }, lines(q))
+    assert.same({ "child exited code 7 signal 0" }, q.lines)
   end)
 
   it("--json --quiet: nothing on stdout, alerts as JSON objects on stderr", function()
-    local r = { pids = {}, seen = {} }
-    r.state = helper.spawn_lua(BIN, args({ "--json", "--quiet", "-w", "1", helper.fixture("exit_code"), "3" }),
-      nil, nil, { stderr = true })
-    r.pid = r.state.pid
-    run = r
+    local r = start(fast({ "--json", "--quiet", "-w", "1", helper.fixture("exit_code"), "3" }))
     assert.equal(3, wait_exit(r, 10000)) -- every slot errored
     helper.wait(function()
-      for _, l in ipairs(r.state.err_lines) do if l:find('"event":"all_errored"', 1, true) then return true end end
+      for _, l in ipairs(r.err_lines) do if l:find('"event":"all_errored"', 1, true) then return true end end
     end, 2000)
-    assert.same({}, lines(r))
+    assert.same({}, r.lines)
     local errored = 0
-    for _, l in ipairs(r.state.err_lines) do
+    for _, l in ipairs(r.err_lines) do
       if l:find('^{"event":"errored",') then errored = errored + 1 end
     end
-    assert.equal(1, errored, table.concat(r.state.err_lines, "\n"))
+    assert.equal(1, errored, table.concat(r.err_lines, "\n"))
   end)
 
   it("--user/--group: a root master binds a privileged port, the worker runs unprivileged", function()
@@ -373,8 +244,8 @@ describe("luv-cluster (the runner)", function()
     -- runner and the worker's script run from a readable copy.
     local copy, remove = helper.readable_copy()
     finally(remove)
-    local r = start(args({ "--user", "nobody", "--group", "nogroup", "-w", "1",
-      copy .. "/spec/fixtures/sv_whoami.lua", tostring(port) }), copy .. "/bin/luv-cluster")
+    local r = start(fast({ "--user", "nobody", "--group", "nogroup", "-w", "1",
+      copy .. "/spec/fixtures/sv_whoami.lua", tostring(port) }), { bin = copy .. "/bin/luv-cluster" })
     local _, line = wait_line(r, "^whoami")
     assert.is_truthy(line, dump(r))
     assert.is_truthy(wait_line(r, "listening on 127%.0%.0%.1:" .. port .. "$"), dump(r))
@@ -392,12 +263,7 @@ end)
 describe("luv-cluster reload under load #load", function()
   setup(make_tmp)
   teardown(remove_tmp)
-
-  after_each(function()
-    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
-    if run then helper.wait(function() return run.state.exited end, 3000) end
-    run = nil
-  end)
+  after_each(util.cleanup)
 
   for _, policy in ipairs({ "rr", "shared" }) do
     it("loses no request over 50 reloads (" .. policy .. ")", function()
@@ -405,7 +271,7 @@ describe("luv-cluster reload under load #load", function()
       -- One worker: every reload replaces the only one serving, the
       -- hardest case for zero downtime.
       local WORKERS = 1
-      local r = start(args({ "-w", tostring(WORKERS), "--policy", policy, "--stop-timeout", "5s",
+      local r = start(fast({ "-w", tostring(WORKERS), "--policy", policy, "--stop-timeout", "5s",
         helper.fixture("sv_server"), "0", version_file }))
       assert.is_true(wait_count(r, "ready after", WORKERS), dump(r))
       local port = port_of(r)
@@ -418,7 +284,7 @@ describe("luv-cluster reload under load #load", function()
       local function outcome(name)
         outcomes[name] = (outcomes[name] or 0) + 1
         if name ~= "ok" and #failures < 10 then
-          failures[#failures + 1] = ("%s at runner line %d"):format(name, #lines(r))
+          failures[#failures + 1] = ("%s at runner line %d"):format(name, #r.lines)
         end
       end
       local function client()
@@ -481,7 +347,7 @@ describe("luv-cluster reload under load #load", function()
       if failed > 0 or not reloaded or count(r, "reload aborted") > 0 then
         local path = ("/tmp/luv-cluster-load-%s.log"):format(policy)
         local log = io.open(path, "w")
-        if log then log:write(table.concat(lines(r), "\n"), "\n"); log:close() end
+        if log then log:write(table.concat(r.lines, "\n"), "\n"); log:close() end
         print("runner output kept in " .. path)
       end
       assert.is_true(reloaded, "only " .. count(r, "reload done") .. " reloads")
@@ -501,29 +367,12 @@ describe("luv-cluster near its fd limit #load", function()
   setup(make_tmp)
   teardown(remove_tmp)
 
-  after_each(function()
-    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
-    if run then helper.wait(function() return run.state.exited end, 3000) end
-    for _, pid in ipairs(run and run.pids or {}) do
-      helper.wait(function() return not helper.alive(pid) end, 2000)
-    end
-    run = nil
-  end)
+  after_each(util.cleanup)
 
   local LIMIT = 64
 
   local function start_limited(list)
-    local r = { pids = {}, seen = {} }
-    r.state = helper.spawn_lua(BIN, args(list), function(line)
-      local pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
-      if pid and not r.seen[pid] then
-        r.seen[pid] = true
-        r.pids[#r.pids + 1] = pid
-      end
-    end, nil, { fd_limit = LIMIT, stderr = true })
-    r.pid = r.state.pid
-    run = r
-    return r
+    return start(fast(list), { fd_limit = LIMIT })
   end
 
   it("refuses more workers than the limit leaves room for, at start and on SIGTTIN", function()
@@ -531,9 +380,9 @@ describe("luv-cluster near its fd limit #load", function()
     local r = start_limited({ "-w", "10", helper.fixture("sv_server"), "0", version_file })
     assert.equal(2, wait_exit(r, 5000))
     assert.equal(0, #r.pids, dump(r))
-    helper.wait(function() return #r.state.err_lines > 0 end, 2000)
+    helper.wait(function() return #r.err_lines > 0 end, 2000)
     assert.matches("^luv%-cluster: 10 workers need more file descriptors than the limit of 64",
-      r.state.err_lines[1] or "")
+      r.err_lines[1] or "")
     -- (64 - 32 reserved) / 3 per worker, less one for a reload candidate.
     r = start_limited({ "-w", "9", helper.fixture("sv_server"), "0", version_file })
     assert.is_true(wait_count(r, "ready after", 9, 10000), dump(r))
@@ -590,10 +439,10 @@ describe("luv-cluster near its fd limit #load", function()
       -- 'error' listener).
       if policy == "rr" then
         local drops = 0
-        for _, l in ipairs(r.state.err_lines) do
+        for _, l in ipairs(r.err_lines) do
           if l:find("EMFILE: a message was dropped", 1, true) then drops = drops + 1 end
         end
-        assert.is_true(drops > 0, table.concat(r.state.err_lines, "\n"))
+        assert.is_true(drops > 0, table.concat(r.err_lines, "\n"))
       end
       for _, c in ipairs(clients) do if not c:is_closing() then c:close() end end
       -- The workers have closed their side of those connections: their fds
@@ -615,7 +464,7 @@ describe("luv-cluster near its fd limit #load", function()
       print(("\n[%s, ulimit -n %d] 300 held: %d answered, %d settled; then %d/20 fresh requests answered"):format(
         policy, LIMIT, answered, settled, ok))
       assert.equal(20, ok, dump(r))
-      assert.is_false(r.state.exited or false, dump(r))
+      assert.is_false(r.exited or false, dump(r))
       assert.is_true(helper.wait(function() return fd_count(r.pid) == fds_before end, 3000),
         ("master fds %d -> %d"):format(fds_before, fd_count(r.pid)))
       uv.kill(r.pid, "sigterm")

@@ -8,21 +8,13 @@ local helper = require("helper")
 local uv = require("luv")
 local cluster = require("cluster")
 local supervise = require("cluster.supervise")
-local compat = require("cluster.compat")
+local util = dofile(helper.fixture("runner_util"))
 
-local BIN = uv.cwd() .. "/bin/luv-cluster"
+local start, fast, find, count, dump, port_of, ask = util.start, util.fast, util.find, util.count, util.dump,
+  util.port_of, util.ask
+local wait_line, wait_count, wait_exit = util.wait_line, util.wait_count, util.wait_exit
+
 local EXAMPLE = uv.cwd() .. "/examples/shared_counter/luv-cluster.conf.lua"
-
-local FAST = { "--heartbeat-interval", "50ms", "--heartbeat-timeout", "2s", "--boot-timeout", "3s",
-  "--backoff-initial", "10ms" }
-
-local function join(...)
-  local out = {}
-  for _, list in ipairs({ ... }) do
-    for _, a in ipairs(list) do out[#out + 1] = a end
-  end
-  return out
-end
 
 local tmpdir
 
@@ -39,115 +31,24 @@ local function literal(s)
   return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
 end
 
--- The runner of the current case: its stdout lines, stderr text, exit and
--- every worker pid it printed.
-local run
-
-local function start(argv, env)
-  local r = { lines = {}, err = "", pids = {}, seen = {} }
-  local stdout, stderr = uv.new_pipe(false), uv.new_pipe(false)
-  local envlist = { helper.path_var .. "=" .. package.path, helper.cpath_var .. "=" .. package.cpath }
-  for k, v in pairs(uv.os_environ()) do
-    if k ~= helper.path_var and k ~= helper.cpath_var then envlist[#envlist + 1] = k .. "=" .. v end
-  end
-  for _, kv in ipairs(env or {}) do envlist[#envlist + 1] = kv end
-  local handle
-  handle, r.pid = uv.spawn(require("cluster.core").exe_path(), {
-    args = join({ BIN }, argv), env = envlist, stdio = { nil, stdout, stderr },
-  }, function(code, signal)
-    r.exited, r.code, r.signal = true, code, signal
-    handle:close()
-  end)
-  assert(handle, r.pid)
-  local open, buf = 2, ""
-  stdout:read_start(function(_, data)
-    if not data then
-      stdout:close()
-      open = open - 1
-      return
-    end
-    buf = buf .. data
-    for line in buf:gmatch("([^\n]*)\n") do
-      r.lines[#r.lines + 1] = line
-      local pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
-      if pid and not r.seen[pid] then
-        r.seen[pid] = true
-        r.pids[#r.pids + 1] = pid
-      end
-    end
-    buf = buf:match("[^\n]*$")
-  end)
-  stderr:read_start(function(_, data)
-    if data then r.err = r.err .. data else stderr:close(); open = open - 1 end
-  end)
-  r.eof = function() return open == 0 end
-  run = r
-  return r
-end
-
-local function find(r, pattern, from)
-  for i = from or 1, #r.lines do
-    if r.lines[i]:find(pattern) then return i, r.lines[i] end
-  end
-end
-
-local function count(r, pattern)
-  local n = 0
-  for _, l in ipairs(r.lines) do if l:find(pattern) then n = n + 1 end end
-  return n
-end
-
-local function wait_line(r, pattern, timeout)
-  helper.wait(function() return find(r, pattern) ~= nil or r.exited end, timeout or 3000)
-  return find(r, pattern)
-end
-
-local function wait_count(r, pattern, n, timeout)
-  return helper.wait(function() return count(r, pattern) >= n or r.exited end, timeout or 3000)
-    and count(r, pattern) >= n
-end
-
-local function wait_exit(r, timeout)
-  helper.wait(function() return r.exited and r.eof() end, timeout or 3000)
-  return r.exited and r.code
-end
-
-local function dump(r)
-  return "runner output:\n" .. table.concat(r.lines, "\n") .. "\nstderr:\n" .. r.err
-end
-
-local function port_of(r)
-  local _, line = find(r, "listening on 127%.0%.0%.1:%d+")
-  return line and compat.tointeger(tonumber(line:match(":(%d+)$")))
-end
-
--- One exchange on a new connection: what came back once it is complete
--- (`complete(answer)`, or by default when the server closes), or nil and
--- an error.
-local function exchange(port, request, complete)
+-- One exchange on a new connection: what came back once the server
+-- closes, or nil and an error.
+local function exchange(port, request)
   local c = uv.new_tcp()
   local res, buf = {}, ""
   c:connect("127.0.0.1", port, function(err)
     if err then res.err = err; c:close(); return end
     c:write(request)
     c:read_start(function(e, data)
-      if data then buf = buf .. data end
-      if e or not data or (complete and complete(buf)) then
-        if e or (not data and complete) then res.err = e or "EOF" else res.all = buf end
-        if not c:is_closing() then c:close() end
-      end
+      if data then buf = buf .. data; return end
+      if e then res.err = e else res.all = buf end
+      if not c:is_closing() then c:close() end
     end)
   end)
   helper.wait(function() return res.err or res.all end, 3000)
   if not c:is_closing() then c:close() end
   if res.all then return res.all end
   return nil, res.err or "timeout"
-end
-
--- "ping\n" to sv_server.lua: "<pid> <version>" (it keeps the connection).
-local function ask(port)
-  local all = exchange(port, "ping\n", function(buf) return buf:find("\n") end)
-  return all and all:match("^([^\n]*)\n")
 end
 
 -- GET / from the shared-counter example: count, worker id, or nil and
@@ -159,30 +60,11 @@ local function get_count(port)
   return tonumber(n), tonumber(id)
 end
 
--- A run that is expected to stop at once: its exit code, stdout, stderr.
-local function run_bad(argv)
-  local r = start(argv)
-  wait_exit(r)
-  run = nil
-  return r.code, table.concat(r.lines, "\n"), r.err
-end
-
 describe("luv-cluster -c FILE (the runner's config file)", function()
   setup(function() tmpdir = assert(uv.fs_mkdtemp("/tmp/luv-cluster-cfg-XXXXXX")) end)
   teardown(function() os.execute("rm -rf '" .. tmpdir .. "'") end)
 
-  after_each(function()
-    if run then
-      if not run.exited then uv.kill(run.pid, "sigkill") end
-      assert.is_true(helper.wait(function() return run.exited end, 3000))
-      helper.wait(function() return run.eof() end, 1000)
-      for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
-          "worker " .. pid .. " still runs")
-      end
-    end
-    run = nil
-  end)
+  after_each(util.cleanup)
 
   it("reads options, the script (relative to the file) and its args from the file", function()
     local r = start({ "-c", helper.fixture("cfg_workers") })
@@ -251,7 +133,7 @@ describe("luv-cluster -c FILE (the runner's config file)", function()
   }) do
     it("exits 2 naming the file: " .. case[1], function()
       local conf = write("bad.lua", case[2])
-      local code, out, err = run_bad({ "-c", conf, helper.fixture("ready") })
+      local code, out, err = util.run_once({ "-c", conf, helper.fixture("ready") })
       assert.equal(2, code)
       assert.equal("", out)
       assert.matches("^luv%-cluster: " .. literal(conf) .. case[3], err)
@@ -272,7 +154,7 @@ describe("luv-cluster -c FILE (the runner's config file)", function()
       end },
   }) do
     it("exits 2 on " .. case[1], function()
-      local code, out, err = run_bad(case[2]())
+      local code, out, err = util.run_once(case[2]())
       assert.equal(2, code)
       assert.equal("", out)
       assert.matches("^luv%-cluster: " .. case[3](), err)
@@ -295,7 +177,7 @@ describe("luv-cluster -c FILE (the runner's config file)", function()
     -- Its listeners run protected: a raising one is reported (on stderr,
     -- a pipe of its own: waited for), nothing stops.
     local reported = "cluster: error in a 'ready' listener: [^\n]*cfg_hook%.lua:%d+: a failing listener"
-    assert.is_true(helper.wait(function() return r.err:find(reported) ~= nil end), dump(r))
+    assert.is_true(helper.wait(function() return util.err(r):find(reported) ~= nil end), dump(r))
     uv.kill(r.pid, "sighup")
     assert.is_truthy(wait_line(r, "reload done %(1 so far%)"), dump(r))
     assert.equal(1, count(r, "^hook:"))
@@ -312,23 +194,24 @@ describe("luv-cluster -c FILE (the runner's config file)", function()
     assert.equal(1, #r.pids)
     assert.is_nil(find(r, "in slot [12]"))
     assert.matches("^luv%-cluster: " .. literal(helper.fixture("cfg_hook_error"))
-      .. ": the master function raised an error: [^\n]*cfg_hook_error%.lua:%d+: no database\nstack traceback:", r.err)
+      .. ": the master function raised an error: [^\n]*cfg_hook_error%.lua:%d+: no database\nstack traceback:",
+      util.err(r))
     -- after_each: every worker pid printed is gone.
   end)
 
   it("without a master function, says once that nothing answers the workers' messages", function()
-    local r = start(join(FAST, { "-w", "1", helper.fixture("cfg_sender") }))
+    local r = start(fast({ "-w", "1", helper.fixture("cfg_sender") }))
     assert.is_truthy(wait_line(r, "ready after"), dump(r))
-    assert.is_true(helper.wait(function() return r.err:find("\n") ~= nil end), dump(r))
+    assert.is_true(helper.wait(function() return #r.err_lines > 0 end), dump(r))
     uv.kill(r.pid, "sigterm")
     assert.equal(0, wait_exit(r), dump(r))
     assert.matches("^luv%-cluster: worker %d+ sent the master a message, but nothing here answers it: "
       .. "under the runner the script's isMaster branch never runs; "
-      .. ".*%(%-c FILE, see docs/runner%-config%.md%)\n$", r.err)
+      .. ".*%(%-c FILE, see docs/runner%-config%.md%)\n$", util.err(r))
   end)
 
   it("runs examples/shared_counter: the count is shared by the workers and kept across a reload", function()
-    local r = start(join(FAST, { "-c", EXAMPLE }), { "PORT=0" })
+    local r = start(fast({ "-c", EXAMPLE }), { env = { "PORT=0" } })
     assert.is_true(wait_count(r, "ready after", 2), dump(r))
     local port = port_of(r)
     -- Round robin: consecutive connections go to the two workers in turn.

@@ -5,84 +5,23 @@ local helper = require("helper")
 local uv = require("luv")
 local compat = require("cluster.compat")
 
-local BIN = uv.cwd() .. "/bin/luv-cluster"
-local FAST = { "--heartbeat-interval", "50ms", "--heartbeat-timeout", "2s", "--boot-timeout", "3s",
-  "--backoff-initial", "10ms" }
+local util = dofile(helper.fixture("runner_util"))
 
-local run -- the runner of the current case
+local find, count, dump, port_of, ask = util.find, util.count, util.dump, util.port_of, util.ask
+local wait_count, wait_exit, command = util.wait_count, util.wait_exit, util.command
 
-local function start(list, env, opts)
-  local args = {}
-  for _, a in ipairs(FAST) do args[#args + 1] = a end
-  for _, a in ipairs(list) do args[#args + 1] = a end
-  local r = { pids = {}, seen = {} }
-  r.state = helper.spawn_lua(BIN, args, function(line)
-    local pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
-    if pid and not r.seen[pid] then
-      r.seen[pid] = true
-      r.pids[#r.pids + 1] = pid
-    end
-  end, env, opts)
-  r.pid = r.state.pid
-  run = r
-  return r
+-- Every runner here runs with util.FAST.
+local function start(list)
+  return util.start(util.fast(list))
 end
 
-local function lines(r) return r.state.lines end
-
-local function find(r, pattern, from)
-  local ls = lines(r)
-  for i = from or 1, #ls do
-    if ls[i]:find(pattern) then return i, ls[i] end
-  end
-end
-
-local function count(r, pattern)
-  local n = 0
-  for _, l in ipairs(lines(r)) do if l:find(pattern) then n = n + 1 end end
-  return n
-end
-
-local function wait_count(r, pattern, n, timeout)
-  return helper.wait(function() return count(r, pattern) >= n or r.state.exited end, timeout or 3000)
-    and count(r, pattern) >= n
-end
-
-local function wait_exit(r, timeout)
-  helper.wait(function() return r.state.exited and r.state.eof end, timeout or 3000)
-  return r.state.exited and r.state.code, r.state.signal
-end
-
-local function dump(r)
-  return "runner output:\n" .. table.concat(lines(r), "\n")
-end
-
-local function port_of(r)
-  local _, line = find(r, "listening on 127%.0%.0%.1:%d+")
-  return line and compat.tointeger(tonumber(line:match(":(%d+)$")))
-end
-
--- One line sent on a new connection; the answer line, or nil and an error.
-local function ask(port, what)
-  local c = uv.new_tcp()
-  local res = {}
-  c:connect("127.0.0.1", port, function(err)
-    if err then res.err = err; c:close(); return end
-    c:write((what or "ping") .. "\n")
-    local buf = ""
-    c:read_start(function(e, data)
-      if e or not data then
-        res.err = res.err or e or "EOF"
-        if not c:is_closing() then c:close() end
-        return
-      end
-      buf = buf .. data
-      local line = buf:match("^([^\n]*)\n")
-      if line and not res.line then res.line = line; c:close() end
-    end)
-  end)
-  helper.wait(function() return res.line or res.err end, 5000)
-  return res.line, res.err
+-- The contents of a file, or nil.
+local function read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return text
 end
 
 -- Workers ready and not draining, replayed from the runner's lines; the
@@ -90,7 +29,7 @@ end
 -- the stop.
 local function fewest_serving(r, from)
   local serving, n, fewest, full = {}, 0, math.huge, false
-  for _, l in ipairs(lines(r)) do
+  for _, l in ipairs(r.lines) do
     if l:find("stopping %d+ workers") then break end
     local pid = l:match("%(pid (%d+)%) ready after")
     if pid and not serving[pid] then serving[pid], n = true, n + 1 end
@@ -103,30 +42,16 @@ local function fewest_serving(r, from)
 end
 
 describe("luv-cluster recycling", function()
-  after_each(function()
-    if run then
-      if not run.state.exited then uv.kill(run.pid, "sigkill") end
-      assert.is_true(helper.wait(function() return run.state.exited end, 3000))
-      helper.wait(function() return run.state.eof end, 1000)
-      for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
-          "worker " .. pid .. " still runs")
-      end
-    end
-    run = nil
-  end)
+  after_each(util.cleanup)
 
   it("rejects a bad --max-memory or --max-age, naming it", function()
-    local r = start({ "--max-memory", "lots", helper.fixture("grow_server"), "0" }, nil, { stderr = true })
+    local r = start({ "--max-memory", "lots", helper.fixture("grow_server"), "0" })
     assert.equal(2, wait_exit(r))
-    helper.wait(function() return r.state.err_eof end, 2000)
     assert.equal("luv-cluster: --max-memory: expected a size such as 200M, 1G or a number of bytes, got 'lots'",
-      r.state.err_lines[1])
-    r = start({ "--max-age", "0", helper.fixture("grow_server"), "0" }, nil, { stderr = true })
+      r.err_lines[1])
+    r = start({ "--max-age", "0", helper.fixture("grow_server"), "0" })
     assert.equal(2, wait_exit(r))
-    helper.wait(function() return r.state.err_eof end, 2000)
-    assert.equal("luv-cluster: --max-age: expected a duration such as 500ms or 2s, got '0'", r.state.err_lines[1])
-    run = nil
+    assert.equal("luv-cluster: --max-age: expected a duration such as 500ms or 2s, got '0'", r.err_lines[1])
   end)
 
   it("replaces a worker over --max-memory (new one ready first) with no failed request under load", function()
@@ -214,7 +139,7 @@ describe("luv-cluster recycling", function()
     uv.kill(r.pid, "sigterm")
     assert.equal(0, wait_exit(r, 8000), dump(r))
     local limits, distinct = {}, {}
-    for _, l in ipairs(lines(r)) do
+    for _, l in ipairs(r.lines) do
       local age, limit = l:match("is ([%d.]+)s old, past its max age of ([%d.]+)s: replacing it")
       if limit then
         limit = tonumber(limit)
@@ -242,11 +167,7 @@ describe("sv:replace", function()
   local supervise = require("cluster.supervise")
   local tmp, version_file, sv, events
 
-  local function set_version(v)
-    local f = assert(io.open(version_file, "w"))
-    f:write(v, "\n")
-    f:close()
-  end
+  local function set_version(v) util.set_version(version_file, v) end
 
   local function index_of(name, fields, from)
     for i = from or 1, #events do
@@ -336,24 +257,9 @@ describe("luv-cluster --control", function()
   end)
 
   after_each(function()
-    if run then
-      if not run.state.exited then uv.kill(run.pid, "sigkill") end
-      assert.is_true(helper.wait(function() return run.state.exited end, 3000))
-      for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000),
-          "worker " .. pid .. " still runs")
-      end
-    end
-    run = nil
+    util.cleanup()
     os.execute("rm -rf '" .. tmp .. "'")
   end)
-
-  -- Run a command (a separate process); its exit code, stdout and stderr lines.
-  local function command(list)
-    local c = helper.spawn_lua(BIN, list, nil, nil, { stderr = true })
-    assert.is_true(helper.wait(function() return c.exited and c.eof and c.err_eof end, 10000))
-    return c.code, c.lines, c.err_lines
-  end
 
   local function runner(workers)
     local r = start({ "-w", tostring(workers), "--control", path, helper.fixture("sv_server"), "0" })
@@ -421,16 +327,15 @@ describe("luv-cluster --control", function()
   it("takes over a socket file left by a killed runner, refuses a live one", function()
     local first = runner(1)
     -- A second runner on the same path while the first one serves.
-    local second = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" }, nil, { stderr = true })
+    local second = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" })
     assert.equal(2, wait_exit(second))
-    helper.wait(function() return second.state.err_eof end, 2000)
     assert.equal("luv-cluster: control socket " .. path .. " is in use (is another runner running?)",
-      second.state.err_lines[1])
+      second.err_lines[1])
     assert.equal(0, (command({ "status", "--control", path }))) -- the first one still answers
 
     -- SIGKILL: no cleanup, the socket file stays.
     uv.kill(first.pid, "sigkill")
-    assert.is_true(helper.wait(function() return first.state.exited end, 3000))
+    assert.is_true(helper.wait(function() return first.exited end, 3000))
     for _, pid in ipairs(first.pids) do
       assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000))
     end
@@ -445,11 +350,10 @@ describe("luv-cluster --control", function()
     local f = assert(io.open(path, "w"))
     f:write("precious\n")
     f:close()
-    local r = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" }, nil, { stderr = true })
+    local r = start({ "-w", "1", "--control", path, helper.fixture("sv_server"), "0" })
     assert.equal(2, wait_exit(r))
-    helper.wait(function() return r.state.err_eof end, 2000)
     assert.equal("luv-cluster: control socket path " .. path .. " exists and is not a socket; not removing it",
-      r.state.err_lines[1])
+      r.err_lines[1])
     f = assert(io.open(path))
     assert.equal("precious\n", f:read("*a"))
     f:close()
@@ -461,19 +365,9 @@ describe("luv-cluster --pid-file", function()
   local tmp
   before_each(function() tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-pidfile-XXXXXX")) end)
   after_each(function()
-    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
-    if run then helper.wait(function() return run.state.exited end, 3000) end
-    run = nil
+    util.cleanup()
     os.execute("rm -rf '" .. tmp .. "'")
   end)
-
-  local function read(path)
-    local f = io.open(path)
-    if not f then return nil end
-    local text = f:read("*a")
-    f:close()
-    return text
-  end
 
   it("holds the runner's pid while it runs and is removed at a stop", function()
     local file = tmp .. "/run/app.pid"
@@ -501,12 +395,10 @@ describe("luv-cluster --pid-file", function()
   end)
 
   it("stops with status 2 when the file cannot be written", function()
-    local r = start({ "-w", "1", "--pid-file", tmp .. "/no/such/dir.pid", helper.fixture("sv_server"), "0" },
-      nil, { stderr = true })
+    local r = start({ "-w", "1", "--pid-file", tmp .. "/no/such/dir.pid", helper.fixture("sv_server"), "0" })
     assert.equal(2, wait_exit(r))
-    helper.wait(function() return r.state.err_eof end, 2000)
     assert.matches("^luv%-cluster: %-%-pid%-file: cannot write " .. tmp:gsub("%p", "%%%0") .. "/no/such/dir%.pid: ",
-      r.state.err_lines[1])
+      r.err_lines[1])
     assert.same({}, r.pids)
   end)
 end)
@@ -517,25 +409,7 @@ end)
 describe("luv-cluster upgrade", function()
   local tmp, path, pid_file, version_file, new_pid
 
-  local function set_version(v)
-    local f = assert(io.open(version_file, "w"))
-    f:write(v, "\n")
-    f:close()
-  end
-
-  local function read(file)
-    local f = io.open(file)
-    if not f then return nil end
-    local text = f:read("*a")
-    f:close()
-    return text
-  end
-
-  local function command(list)
-    local c = helper.spawn_lua(BIN, list, nil, nil, { stderr = true })
-    assert.is_true(helper.wait(function() return c.exited and c.eof and c.err_eof end, 30000))
-    return c.code, c.lines, c.err_lines
-  end
+  local function set_version(v) util.set_version(version_file, v) end
 
   before_each(function()
     tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-upgrade-XXXXXX"))
@@ -547,15 +421,7 @@ describe("luv-cluster upgrade", function()
   after_each(function()
     -- The new runner is not our child: it is ended by the pid it reported.
     if new_pid and helper.alive(new_pid) then uv.kill(new_pid, "sigkill") end
-    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
-    if run then
-      helper.wait(function() return run.state.exited end, 3000)
-      for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000),
-          "worker " .. pid .. " still runs")
-      end
-    end
-    run = nil
+    util.cleanup()
     os.execute("rm -rf '" .. tmp .. "'")
   end)
 
@@ -620,8 +486,8 @@ describe("luv-cluster upgrade", function()
         -- The old runner stops; the pid file names the new one.
         assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
         if k == 1 then
-          assert.is_true(helper.wait(function() return r.state.exited end, 3000))
-          assert.equal(0, r.state.code, dump(r))
+          assert.is_true(helper.wait(function() return r.exited end, 3000))
+          assert.equal(0, r.code, dump(r))
         end
         assert.equal(new_pid .. "\n", read(pid_file))
         local before = versions[version] or 0
@@ -649,7 +515,7 @@ describe("luv-cluster upgrade", function()
       assert.same({ 0, 3 }, { code, #out })
       code = command({ "stop", "--control", path })
       assert.equal(0, code)
-      assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.state.eof end, 10000), dump(r))
+      assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.eof end, 10000), dump(r))
       assert.is_nil(read(pid_file))
       assert.is_nil(uv.fs_lstat(path))
     end)
@@ -667,7 +533,7 @@ describe("luv-cluster upgrade", function()
     local _, line = find(r, "upgrade: new runner %(pid %d+%)")
     new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
     assert.is_false(helper.alive(new_pid))
-    assert.is_nil(r.state.exited)
+    assert.is_nil(r.exited)
     assert.equal(r.pid .. "\n", read(pid_file))
     assert.matches("^%d+ v1$", (ask(port)))
     -- The control socket is back.
