@@ -278,44 +278,7 @@ describe("luv-cluster reload under load #load", function()
       local fds_before = fd_count(r.pid)
 
       local RELOADS, CLIENTS = 50, 4
-      local outcomes = { ok = 0 }
-      local inflight, stopping = 0, false
-      local failures = {} -- the first few: what, and how far the runner's output had got
-      local function outcome(name)
-        outcomes[name] = (outcomes[name] or 0) + 1
-        if name ~= "ok" and #failures < 10 then
-          failures[#failures + 1] = ("%s at runner line %d"):format(name, #r.lines)
-        end
-      end
-      local function client()
-        if stopping then return end
-        inflight = inflight + 1
-        local c = uv.new_tcp()
-        local done = false
-        local timer = uv.new_timer()
-        local function finish(what)
-          if done then return end
-          done = true
-          outcome(what)
-          timer:close()
-          if not c:is_closing() then c:close() end
-          inflight = inflight - 1
-          client()
-        end
-        timer:start(3000, 0, function() finish("timeout") end)
-        c:connect("127.0.0.1", port, function(err)
-          if err then return finish("connect " .. err) end
-          c:write("ping\n")
-          local buf = ""
-          c:read_start(function(e, data)
-            if e then return finish("read " .. e) end
-            if not data then return finish("EOF before answer") end
-            buf = buf .. data
-            if buf:find("^%d+ v%d+\n") then finish("ok") end
-          end)
-        end)
-      end
-      for _ = 1, CLIENTS do client() end
+      local load = util.load(r, port, CLIENTS)
 
       local hup = uv.new_timer()
       local sent = 0
@@ -327,8 +290,7 @@ describe("luv-cluster reload under load #load", function()
       end)
       local reloaded = helper.wait(function() return count(r, "reload done") >= RELOADS end, RELOADS * 200 * 3)
       hup:close()
-      stopping = true
-      helper.wait(function() return inflight == 0 end, 5000)
+      load.stop()
       -- Every old worker has drained and exited.
       local started = count(r, "started")
       helper.wait(function() return count(r, "exited with code") >= started - WORKERS end, 5000)
@@ -336,13 +298,9 @@ describe("luv-cluster reload under load #load", function()
       uv.kill(r.pid, "sigterm")
       local status = wait_exit(r, 5000)
 
-      local report = {}
-      for k, v in pairs(outcomes) do report[#report + 1] = k .. "=" .. v end
-      table.sort(report)
+      local failed, report = load.report()
       print(("\n[%s] %d reloads from %d SIGHUPs, outcomes: %s, master fds %s -> %s"):format(
-        policy, count(r, "reload done"), sent, table.concat(report, " "), fds_before, fds_after))
-      local failed = 0
-      for k, v in pairs(outcomes) do if k ~= "ok" then failed = failed + v end end
+        policy, count(r, "reload done"), sent, report, fds_before, fds_after))
       -- The runner's output is kept when something went wrong.
       if failed > 0 or not reloaded or count(r, "reload aborted") > 0 then
         local path = ("/tmp/luv-cluster-load-%s.log"):format(policy)
@@ -351,9 +309,9 @@ describe("luv-cluster reload under load #load", function()
         print("runner output kept in " .. path)
       end
       assert.is_true(reloaded, "only " .. count(r, "reload done") .. " reloads")
-      assert.equal(0, count(r, "reload aborted"), table.concat(failures, "\n"))
-      assert.is_true(outcomes.ok > RELOADS, "too few requests to mean anything")
-      assert.equal(0, failed, table.concat(report, " ") .. "\n" .. table.concat(failures, "\n"))
+      assert.equal(0, count(r, "reload aborted"), table.concat(load.failures, "\n"))
+      assert.is_true(load.outcomes.ok > RELOADS, "too few requests to mean anything")
+      assert.equal(0, failed, report .. "\n" .. table.concat(load.failures, "\n"))
       assert.equal(fds_before, fds_after)
       assert.equal(0, status, dump(r))
     end)

@@ -59,39 +59,9 @@ describe("luv-cluster recycling", function()
     assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
     local port = port_of(r)
 
-    local outcomes, inflight, stopping = { ok = 0 }, 0, false
-    local function client()
-      if stopping then return end
-      inflight = inflight + 1
-      local c, done, timer = uv.new_tcp(), false, uv.new_timer()
-      local function finish(what)
-        if done then return end
-        done = true
-        outcomes[what] = (outcomes[what] or 0) + 1
-        timer:close()
-        if not c:is_closing() then c:close() end
-        inflight = inflight - 1
-        client()
-      end
-      timer:start(3000, 0, function() finish("timeout") end)
-      c:connect("127.0.0.1", port, function(err)
-        if err then return finish("connect " .. err) end
-        c:write("ping\n")
-        local buf = ""
-        c:read_start(function(e, data)
-          if e then return finish("read " .. e) end
-          if not data then return finish("EOF before answer") end
-          buf = buf .. data
-          if buf:find("^%d+ v1\n") then finish("ok") end
-        end)
-      end)
-    end
-    for _ = 1, 4 do client() end
+    local load = util.load(r, port)
     -- Should an assertion fail, the clients end before the next case.
-    finally(function()
-      stopping = true
-      helper.wait(function() return inflight == 0 end, 5000)
-    end)
+    finally(load.stop)
 
     -- Two recycles, one after the other: grow a worker, wait for its exit.
     local grown = {}
@@ -103,18 +73,14 @@ describe("luv-cluster recycling", function()
       assert.is_true(wait_count(r, "over %-%-max%-memory 40%.0M: replacing it", round, 5000), dump(r))
       assert.is_true(wait_count(r, "%(pid " .. pid .. "%) exited with code 0 after %d+ ms, recycle", 1, 8000), dump(r))
     end
-    stopping = true
-    helper.wait(function() return inflight == 0 end, 5000)
+    load.stop()
 
-    local failed, report = 0, {}
-    for k, v in pairs(outcomes) do
-      report[#report + 1] = k .. "=" .. v
-      if k ~= "ok" then failed = failed + v end
-    end
-    table.sort(report)
-    print(("\n[max-memory] 2 recycles under load, outcomes: %s"):format(table.concat(report, " ")))
-    assert.equal(0, failed, table.concat(report, " "))
-    assert.is_true(outcomes.ok > 20, "too few requests to mean anything")
+    local failed, report = load.report()
+    print(("\n[max-memory] 2 recycles under load, outcomes: %s"):format(report))
+    assert.equal(0, failed, report)
+    assert.is_true(load.outcomes.ok > 20, "too few requests to mean anything")
+    -- grow_server has one version.
+    assert.same({ v1 = load.outcomes.ok }, load.versions)
     for _, pid in ipairs(grown) do
       -- Its replacement was started and ready before it drained.
       local over = find(r, "%(pid " .. pid .. "%) uses [%d.]+M, over")
@@ -433,44 +399,10 @@ describe("luv-cluster upgrade", function()
       assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
       assert.equal(r.pid .. "\n", read(pid_file))
 
-      local outcomes, inflight, stopping, versions = { ok = 0 }, 0, false, {}
-      local function client()
-        if stopping then return end
-        inflight = inflight + 1
-        local c, done, timer = uv.new_tcp(), false, uv.new_timer()
-        local function finish(what)
-          if done then return end
-          done = true
-          outcomes[what] = (outcomes[what] or 0) + 1
-          timer:close()
-          if not c:is_closing() then c:close() end
-          inflight = inflight - 1
-          client()
-        end
-        timer:start(3000, 0, function() finish("timeout") end)
-        c:connect("127.0.0.1", port, function(err)
-          if err then return finish("connect " .. err) end
-          c:write("ping\n")
-          local buf = ""
-          c:read_start(function(e, data)
-            if e then return finish("read " .. e) end
-            if not data then return finish("EOF before answer") end
-            buf = buf .. data
-            local v = buf:match("^%d+ (v%d+)\n")
-            if v then
-              versions[v] = (versions[v] or 0) + 1
-              finish("ok")
-            end
-          end)
-        end)
-      end
-      for _ = 1, 4 do client() end
+      local load = util.load(r, port)
       -- Should an assertion fail, the clients end before the next case.
-      finally(function()
-        stopping = true
-        helper.wait(function() return inflight == 0 end, 5000)
-      end)
-      assert.is_true(helper.wait(function() return outcomes.ok > 20 end, 5000))
+      finally(load.stop)
+      assert.is_true(helper.wait(function() return load.outcomes.ok > 20 end, 5000))
 
       -- Three generations: each upgrade's runner is upgraded in turn.
       local UPGRADES = 3
@@ -490,24 +422,18 @@ describe("luv-cluster upgrade", function()
           assert.equal(0, r.code, dump(r))
         end
         assert.equal(new_pid .. "\n", read(pid_file))
-        local before = versions[version] or 0
-        assert.is_true(helper.wait(function() return (versions[version] or 0) > before + 20 end, 5000))
+        local before = load.versions[version] or 0
+        assert.is_true(helper.wait(function() return (load.versions[version] or 0) > before + 20 end, 5000))
         current = new_pid
       end
-      stopping = true
-      helper.wait(function() return inflight == 0 end, 5000)
+      load.stop()
 
-      local failed, report = 0, {}
-      for k, v in pairs(outcomes) do
-        report[#report + 1] = k .. "=" .. v
-        if k ~= "ok" then failed = failed + v end
-      end
-      table.sort(report)
+      local failed, report = load.report()
       local per = {}
-      for k = 1, UPGRADES + 1 do per[#per + 1] = ("v%d %d"):format(k, versions["v" .. k] or 0) end
-      print(("\n[upgrade, %s] %d upgrades, outcomes: %s (%s)"):format(policy, UPGRADES, table.concat(report, " "),
+      for k = 1, UPGRADES + 1 do per[#per + 1] = ("v%d %d"):format(k, load.versions["v" .. k] or 0) end
+      print(("\n[upgrade, %s] %d upgrades, outcomes: %s (%s)"):format(policy, UPGRADES, report,
         table.concat(per, ", ")))
-      assert.equal(0, failed, table.concat(report, " ") .. "\n" .. dump(r))
+      assert.equal(0, failed, report .. "\n" .. dump(r))
       assert.equal(UPGRADES, count(r, "upgrade: the new runner %(pid %d+%) is ready; this one stops"))
 
       -- The new runner answers on the same control socket, and stops.
