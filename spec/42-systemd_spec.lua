@@ -37,11 +37,8 @@ local function start(args, env, fd3)
   return r
 end
 
-local function count(r, pattern)
-  local n = 0
-  for _, l in ipairs(r.lines) do if l:find(pattern) then n = n + 1 end end
-  return n
-end
+-- Lines of its stdout that match (r.lines, as a runner_util runner's).
+local count = dofile(helper.fixture("runner_util")).count
 
 local function stop(r)
   if not r.exited then uv.kill(r.pid, "sigterm") end

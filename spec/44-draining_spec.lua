@@ -8,8 +8,8 @@ local helper = require("helper")
 local uv = require("luv")
 local compat = require("cluster.compat")
 local util = dofile(helper.fixture("lc_util"))
+local runner = dofile(helper.fixture("runner_util"))
 
-local BIN = uv.cwd() .. "/bin/luv-cluster"
 local APP = uv.cwd() .. "/examples/health_app.lua"
 
 describe("cluster.worker 'draining'", function()
@@ -85,32 +85,13 @@ local function http_conn(port)
 end
 
 describe("a keep-alive app under the runner (examples/health_app.lua)", function()
-  local run, clients
+  local clients
 
-  local function start(workers, extra)
-    local r = { pids = {} }
-    local argv = { "-w", tostring(workers), "--heartbeat-interval", "50ms", "--stop-timeout", "10s" }
-    for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
-    argv[#argv + 1] = APP
-    r.state = helper.spawn_lua(BIN, argv, function(line)
-      local pid = line:match("^luv%-cluster: worker %d+ %(pid (%d+)%) started")
-      if pid then r.pids[#r.pids + 1] = compat.tointeger(tonumber(pid)) end
-    end, { "PORT=0", "BIND=127.0.0.1", "APP_HOST_NAME=spec" })
-    r.pid = r.state.pid
-    run = r
-    return r
-  end
-  local function count(r, pattern)
-    local n = 0
-    for _, l in ipairs(r.state.lines) do if l:find(pattern) then n = n + 1 end end
-    return n
-  end
-  local function dump(r) return "runner output:\n" .. table.concat(r.state.lines, "\n") end
-  local function port_of(r)
-    for _, l in ipairs(r.state.lines) do
-      local p = l:match("listening on 127%.0%.0%.1:(%d+)$")
-      if p then return compat.tointeger(tonumber(p)) end
-    end
+  local count, dump, port_of = runner.count, runner.dump, runner.port_of
+
+  local function start(workers)
+    return runner.start({ "-w", tostring(workers), "--heartbeat-interval", "50ms", "--stop-timeout", "10s", APP },
+      { env = { "PORT=0", "BIND=127.0.0.1", "APP_HOST_NAME=spec" } })
   end
   local function connect(port)
     local c = http_conn(port)
@@ -121,14 +102,7 @@ describe("a keep-alive app under the runner (examples/health_app.lua)", function
   before_each(function() clients = {} end)
   after_each(function()
     for _, c in ipairs(clients) do if not c.tcp:is_closing() then c.tcp:close() end end
-    if run then
-      if not run.state.exited then uv.kill(run.pid, "sigkill") end
-      assert.is_true(helper.wait(function() return run.state.exited and run.state.eof end, 3000))
-      for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 2000), "worker " .. pid .. " runs")
-      end
-    end
-    run = nil
+    runner.cleanup()
   end)
 
   it("ends idle keep-alive connections on SIGTERM: the workers exit 0 at once, nothing is killed", function()
@@ -150,14 +124,14 @@ describe("a keep-alive app under the runner (examples/health_app.lua)", function
     assert.equal(2, n, "both workers hold connections")
     local t0 = uv.now()
     uv.kill(r.pid, "sigterm")
-    assert.is_true(helper.wait(function() return r.state.exited end, 9000), dump(r))
+    assert.is_true(helper.wait(function() return r.exited end, 9000), dump(r))
     local took = uv.now() - t0
-    assert.equal(0, r.state.code, dump(r))
+    assert.equal(0, r.code, dump(r))
     assert.is_true(took < 3000, ("the stop took %d ms"):format(took))
     assert.equal(2, count(r, "exited with code 0 after %d+ ms, stop$"), dump(r))
     assert.equal(0, count(r, "SIGKILL"), dump(r))
     local open = 0
-    for _, l in ipairs(r.state.lines) do
+    for _, l in ipairs(r.lines) do
       local held = l:match("draining: (%d+) connections open, 0 mid%-request$")
       if held then open = open + tonumber(held) end
     end
@@ -250,8 +224,8 @@ describe("a keep-alive app under the runner (examples/health_app.lua)", function
     assert.are_not.equal(old_pid, fresh.responses[2].body:match(" pid (%d+) "))
     fresh.tcp:close()
     uv.kill(r.pid, "sigterm")
-    assert.is_true(helper.wait(function() return r.state.exited end, 3000), dump(r))
-    assert.equal(0, r.state.code)
+    assert.is_true(helper.wait(function() return r.exited end, 3000), dump(r))
+    assert.equal(0, r.code)
     assert.equal(0, count(r, "SIGKILL"), dump(r))
   end)
 end)
