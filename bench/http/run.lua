@@ -430,7 +430,9 @@ p(("### bench/http: medians of %d runs, wrk -t%d -c%d -d%ds (%s cores; %s, luv %
   have_nginx and version("nginx -v", "nginx/([%d%.]+)") or "n/a",
   version("wrk -v", "wrk ([^ ]+)") or "?"))
 p("")
-p("| server (2 workers) | keep-alive req/s | keep-alive p99 ms | close req/s | close p99 ms | per-worker max/min, keep-alive | per-worker max/min, close | server CPU µs/req, keep-alive / close | errors, keep-alive / close |")
+p("| server (2 workers) | keep-alive req/s | keep-alive p99 ms | close req/s | close p99 ms"
+  .. " | per-worker max/min, keep-alive | per-worker max/min, close"
+  .. " | server CPU µs/req, keep-alive / close | errors, keep-alive / close |")
 p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for _, s in ipairs(SERVERS) do
   if missing[s.key] and missing[s.key] ~= "nginx not found" and missing[s.key] ~= "node not found" then
