@@ -31,6 +31,9 @@
 -- done again (after waiting up to 30 s for a quiet second), up to
 -- BENCH_RETRY_BUSY (2) times; the table says how busy the machine was.
 local uv = require("luv")
+local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
+package.path = dir .. "/../?.lua;" .. package.path
+local lib = require("lib.runner")
 
 local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 3
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "") or 5
@@ -42,134 +45,19 @@ local LONGPOLL = tonumber(os.getenv("BENCH_LONGPOLL") or "") or 16
 local POLL_MS = tonumber(os.getenv("BENCH_POLL_MS") or "") or 500
 local WARMUP_MS = 500
 local RETRY_BUSY = tonumber(os.getenv("BENCH_RETRY_BUSY") or "") or 2
-local BUSY = 0.15
+local BUSY = lib.BUSY
 local BALANCES = { "roundrobin", "leastconn" }
 
-local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 if dir:sub(1, 1) ~= "/" then dir = uv.cwd() .. "/" .. dir end
-local lua_bin = os.getenv("LUA") or "lua5.4"
-if not os.getenv("LUA") then
-  local i, prog = 0, nil
-  while arg[i] do prog = arg[i]; i = i - 1 end
-  if prog and prog ~= "" then lua_bin = prog end
-end
+local lua_bin = lib.lua_bin()
+local sleep = lib.sleep
 
-local function sleep(ms)
-  local co = coroutine.running()
-  local t = uv.new_timer()
-  t:start(ms, 0, function() t:close(); assert(coroutine.resume(co)) end)
-  coroutine.yield()
-end
-
-local function wait_for(cond, timeout_ms)
-  local deadline = uv.now() + timeout_ms
-  while not cond() do
-    if uv.now() > deadline then return false end
-    sleep(10)
-  end
-  return true
-end
-
-local function free_port()
-  local s = uv.new_tcp()
-  assert(s:bind("127.0.0.1", 0))
-  local port = s:getsockname().port
-  s:close()
-  return port
-end
-
--- The server, its stdout lines collected.
+-- The server, its stdout lines collected; BENCH_* of ours stay out of its
+-- environment (it reads BENCH_BUSY_MS, BENCH_WORKERS, ... from there).
 local function start_server(balance, port)
-  local p = { lines = {}, exited = false, eof = false }
-  local env = { "BENCH_PORT=" .. port, "BENCH_BALANCE=" .. balance, "BENCH_POLL_MS=" .. POLL_MS }
-  for k, v in pairs(uv.os_environ()) do
-    if not k:match("^LUA_CLUSTER_") and not k:match("^BENCH_") then env[#env + 1] = k .. "=" .. v end
-  end
-  local pipe = uv.new_pipe(false)
-  local handle, pid = uv.spawn(lua_bin, { args = { dir .. "/server.lua", tostring(SECONDS * 4 + 60) },
-    env = env, stdio = { nil, pipe, 2 } }, function(code, signal)
-    p.exited, p.code, p.signal = true, code, signal
-    p.handle:close()
-  end)
-  assert(handle, pid)
-  p.handle, p.pid = handle, pid
-  local buf = ""
-  pipe:read_start(function(err, data)
-    if err or not data then p.eof = true; pipe:close(); return end
-    buf = buf .. data
-    for line in buf:gmatch("([^\n]*)\n") do p.lines[#p.lines + 1] = line end
-    buf = buf:match("[^\n]*$")
-  end)
-  return p
-end
-
-local function stop_server(p)
-  if not p.exited then uv.kill(p.pid, "sigterm") end
-  if not wait_for(function() return p.exited and p.eof end, 10000) then
-    if not p.exited then uv.kill(p.pid, "sigkill") end
-    wait_for(function() return p.exited end, 3000)
-  end
-end
-
--- Other processes' share of the CPU --------------------------------------
-
--- The machine's total and busy (user, nice, system, steal) clock ticks.
--- irq and softirq time is charged to no process and the run's own
--- loopback traffic makes most of it: left out.
-local function machine_ticks()
-  local f = io.open("/proc/stat", "r")
-  if not f then return nil end
-  local line = f:read("*l")
-  f:close()
-  local total, busy, i = 0, 0, 0
-  for v in line:gmatch("%d+") do
-    i = i + 1
-    v = tonumber(v)
-    if i <= 8 then total = total + v end
-    if i == 1 or i == 2 or i == 3 or i == 8 then busy = busy + v end
-  end
-  return total, busy
-end
-
--- utime + stime of a process.
-local function proc_ticks(pid)
-  local f = io.open(("/proc/%s/stat"):format(pid), "r")
-  if not f then return 0 end
-  local rest = (f:read("*l") or ""):match("%) (.*)$")
-  f:close()
-  if not rest then return 0 end
-  local fields = {}
-  for v in rest:gmatch("%S+") do fields[#fields + 1] = v end
-  return (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)
-end
-
-local function tree_ticks(pids)
-  local n = proc_ticks("self")
-  for _, pid in ipairs(pids) do n = n + proc_ticks(pid) end
-  return n
-end
-
-local function children_of(pid)
-  local pids = { pid }
-  local f = io.open(("/proc/%d/task/%d/children"):format(pid, pid), "r")
-  if f then
-    for c in f:read("*a"):gmatch("%d+") do pids[#pids + 1] = tonumber(c) end
-    f:close()
-  end
-  return pids
-end
-
--- Waits (at most max_s seconds) for a second in which the machine is less
--- than 10% busy.
-local function wait_quiet(max_s)
-  local deadline = uv.now() + max_s * 1000
-  while uv.now() < deadline do
-    local t0, b0 = machine_ticks()
-    if not t0 then return end
-    sleep(1000)
-    local t1, b1 = machine_ticks()
-    if t1 > t0 and (b1 - b0) / (t1 - t0) < 0.10 then return end
-  end
+  local env = lib.env_list({ BENCH_PORT = tostring(port), BENCH_BALANCE = balance,
+    BENCH_POLL_MS = tostring(POLL_MS) }, { "^LUA_CLUSTER_", "^BENCH_" })
+  return assert(lib.start(lua_bin, { dir .. "/server.lua", tostring(SECONDS * 4 + 60) }, env))
 end
 
 -- Load ---------------------------------------------------------------------
@@ -299,25 +187,17 @@ end
 local results = {} -- rate -> balance -> list of run summaries
 
 local function run_one(balance, rate)
-  local port = free_port()
+  local port = lib.free_port()
   local p = start_server(balance, port)
-  local ready = wait_for(function()
-    for _, l in ipairs(p.lines) do if l:match("^ready") then return true end end
-    return p.exited
-  end, 20000)
-  if not ready or p.exited then
+  if not lib.wait_ready(p, 20000) then
     io.stderr:write("run.lua: the server did not get ready\n")
-    stop_server(p)
+    lib.stop(p)
     os.exit(1)
   end
-  local pids = children_of(p.pid)
-  local m0, b0 = machine_ticks()
-  local o0 = tree_ticks(pids)
+  local cpu = lib.cpu_window(lib.server_pids(p.pid))
   local r = load(port, rate)
-  local m1, b1 = machine_ticks()
-  local o1 = tree_ticks(pids)
-  stop_server(p)
-  local others = (m0 and m1 > m0) and math.max(0, ((b1 - b0) - (o1 - o0)) / (m1 - m0)) or nil
+  local others = cpu()
+  lib.stop(p)
   local busy_ms
   for _, l in ipairs(p.lines) do
     local id, b = l:match("^worker (%d+) requests %d+ busy (%d+)")
@@ -354,27 +234,19 @@ end
 -- One run, done again while other processes were busy during it.
 local retried = 0
 local function run_counted(balance, rate)
-  local s
-  for attempt = 0, RETRY_BUSY do
-    if attempt > 0 then
-      retried = retried + 1
-      wait_quiet(30)
-    end
-    s = run_one(balance, rate)
-    if not (s.others and s.others > BUSY) then break end
-  end
+  local s, _, again = lib.run_quiet(RETRY_BUSY, function() return run_one(balance, rate) end,
+    function(run) return run.others end)
+  retried = retried + again
   results[rate] = results[rate] or {}
   results[rate][balance] = results[rate][balance] or {}
   table.insert(results[rate][balance], s)
 end
 
+-- The median of one figure over a list of run summaries.
 local function median(list, field)
   local v = {}
   for _, s in ipairs(list) do if s[field] then v[#v + 1] = s[field] end end
-  table.sort(v)
-  if #v == 0 then return nil end
-  if #v % 2 == 1 then return v[(#v + 1) / 2] end
-  return (v[#v / 2] + v[#v / 2 + 1]) / 2
+  return lib.median(v)
 end
 
 local function main()

@@ -25,6 +25,9 @@
 -- threads compete with the two workers (and, under rr, the master), so the
 -- figures are for comparing servers against each other, not absolute.
 local uv = require("luv")
+local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
+package.path = dir .. "/../?.lua;" .. package.path
+local lib = require("lib.runner")
 
 local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 3
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "") or 5
@@ -34,18 +37,11 @@ local NODE_HTTP = os.getenv("BENCH_NODE_HTTP") ~= "0"
 local SVG_PATH = os.getenv("BENCH_SVG")
 local RETRY_BUSY = tonumber(os.getenv("BENCH_RETRY_BUSY") or "") or 0
 local READY_MS = 20000   -- a server must say "ready" (or answer) within this
-local STOP_MS = 10000    -- and end within this after SIGTERM
 local SERVER_LIFETIME = math.max(120, SECONDS * 4 + 60) -- seconds; servers stop themselves
 
-local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 if dir:sub(1, 1) ~= "/" then dir = uv.cwd() .. "/" .. dir end
 local root = dir .. "/../.."
-local lua_bin = os.getenv("LUA") or "lua5.4"
-if not os.getenv("LUA") then -- the interpreter running this script, when it can be found
-  local i, prog = 0, nil
-  while arg[i] do prog = arg[i]; i = i - 1 end
-  if prog and prog ~= "" then lua_bin = prog end
-end
+local lua_bin = lib.lua_bin()
 
 local function capture(cmd)
   local p = io.popen(cmd, "r")
@@ -134,90 +130,12 @@ for _, s in ipairs(SERVERS) do
   end
 end
 
--- Helpers on the loop (the benchmark itself runs in one coroutine) ---------
+-- Helpers (the benchmark itself runs in one coroutine) ----------------------
 
-local main_co
-local function sleep(ms)
-  local co = coroutine.running()
-  local t = uv.new_timer()
-  t:start(ms, 0, function()
-    t:close()
-    assert(coroutine.resume(co))
-  end)
-  coroutine.yield()
-end
-
--- Polls pred() every step ms until it holds or timeout_ms passed.
-local function wait_for(pred, timeout_ms, step)
-  local deadline = uv.now() + timeout_ms
-  while not pred() do
-    if uv.now() >= deadline then return false end
-    sleep(step or 20)
-  end
-  return true
-end
-
-local base_env = uv.os_environ()
+local sleep, wait_for, start, stop = lib.sleep, lib.wait_for, lib.start, lib.stop
+-- Settings of ours that a server also reads stay out of its environment.
 local function env_list(extra)
-  local e = {}
-  for k, v in pairs(base_env) do
-    if extra[k] == nil and not k:match("^LUA_CLUSTER_") and k ~= "NODE_CLUSTER_SCHED_POLICY" then
-      e[#e + 1] = k .. "=" .. v
-    end
-  end
-  for k, v in pairs(extra) do e[#e + 1] = k .. "=" .. v end
-  return e
-end
-
--- Starts a process whose stdout is collected (p.out, p.lines); stderr is ours.
-local function start(file, args, env)
-  local p = { out = "", lines = {}, exited = false, eof = false, file = file }
-  local pipe = uv.new_pipe(false)
-  local handle, pid = uv.spawn(file, { args = args, env = env, stdio = { nil, pipe, 2 } },
-    function(code, signal)
-      p.exited, p.code, p.signal = true, code, signal
-      p.handle:close()
-    end)
-  if not handle then
-    pipe:close()
-    return nil, pid
-  end
-  p.handle, p.pid = handle, pid
-  pipe:read_start(function(err, data)
-    if err or not data then
-      p.eof = true
-      pipe:close()
-      return
-    end
-    p.out = p.out .. data
-    for line in data:gmatch("[^\n]+") do p.lines[#p.lines + 1] = line end
-  end)
-  p.pipe = pipe
-  return p
-end
-
--- Stops p by its pid: SIGTERM, then SIGKILL after STOP_MS; waits for its
--- exit and for the end of its stdout (held open by its workers too).
-local function stop(p, extra_pids)
-  if not p.exited then uv.kill(p.pid, "sigterm") end
-  if not wait_for(function() return p.exited and p.eof end, STOP_MS) then
-    io.stderr:write(("run.lua: %s (pid %d) did not stop, SIGKILL\n"):format(p.file, p.pid))
-    if not p.exited then uv.kill(p.pid, "sigkill") end
-    for _, pid in ipairs(extra_pids or {}) do uv.kill(pid, "sigkill") end
-    if not wait_for(function() return p.exited and p.eof end, 3000) then
-      if not p.eof then p.eof = true; p.pipe:close() end
-    end
-    return false
-  end
-  return true
-end
-
-local function free_port()
-  local s = uv.new_tcp()
-  assert(s:bind("127.0.0.1", 0))
-  local port = s:getsockname().port
-  s:close()
-  return port
+  return lib.env_list(extra, { "^LUA_CLUSTER_", "^NODE_CLUSTER_SCHED_POLICY$" })
 end
 
 -- One HTTP GET; true when a 200 comes back.
@@ -306,20 +224,15 @@ local function wait_ready(s, srv, port)
     while uv.now() < deadline and not p.exited do
       if probe(port) then
         -- its workers, for a SIGKILL should SIGTERM not end them
-        local children = read_file(("/proc/%d/task/%d/children"):format(p.pid, p.pid)) or ""
-        srv.children = {}
-        for pid in children:gmatch("%d+") do srv.children[#srv.children + 1] = tonumber(pid) end
+        srv.children = lib.server_pids(p.pid)
+        table.remove(srv.children, 1)
         return true
       end
       sleep(50)
     end
     return false
   end
-  return wait_for(function()
-    if p.exited then return true end
-    for _, l in ipairs(p.lines) do if l:match("^ready") then return true end end
-    return false
-  end, READY_MS) and not p.exited
+  return lib.wait_ready(p, READY_MS)
 end
 
 local function to_ms(v, unit)
@@ -348,78 +261,14 @@ local function parse_wrk(out)
   return r
 end
 
--- The share of the machine's CPU time that other processes took while wrk
--- ran: the machine's user, system and steal time (/proc/stat) less what
--- the server's processes, wrk (a reaped child: this process's cutime and
--- cstime) and this runner used. This VM is shared; a run during which something else was
--- busy is suspect. All in clock ticks.
-local function machine_ticks()
-  local f = io.open("/proc/stat", "r")
-  if not f then return nil end
-  local line = f:read("l")
-  f:close()
-  -- user nice system idle iowait irq softirq steal (guest is inside user)
-  local total, busy, i = 0, 0, 0
-  for v in line:gmatch("%d+") do
-    i = i + 1
-    v = tonumber(v)
-    if i <= 8 then total = total + v end
-    -- irq and softirq time is charged to no process, and the loopback
-    -- traffic of the run itself makes most of it: left out of "busy"
-    if i == 1 or i == 2 or i == 3 or i == 8 then busy = busy + v end
-  end
-  return total, busy
-end
--- utime + stime (+ cutime + cstime) of one process
-local function proc_ticks(pid, with_children)
-  local f = io.open(("/proc/%s/stat"):format(pid), "r")
-  if not f then return 0 end
-  local line = f:read("l") or ""
-  f:close()
-  local rest = line:match("%) (.*)$") -- after the command name
-  if not rest then return 0 end
-  local fields = {}
-  for v in rest:gmatch("%S+") do fields[#fields + 1] = v end
-  -- rest starts at field 3 (state); utime is field 14
-  local n = (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)
-  if with_children then n = n + (tonumber(fields[14]) or 0) + (tonumber(fields[15]) or 0) end
-  return n
-end
+-- Server CPU µs/req: ticks from lib.cpu_window over wrk's requests.
 local CLK_TCK = tonumber(capture("getconf CLK_TCK 2>/dev/null")) or 100
-
-local function children_of(pid)
-  local pids = {}
-  local f = io.open(("/proc/%d/task/%d/children"):format(pid, pid), "r")
-  if f then
-    for c in f:read("a"):gmatch("%d+") do pids[#pids + 1] = tonumber(c) end
-    f:close()
-  end
-  return pids
-end
-local function ours_ticks(server_pids)
-  local n = proc_ticks("self", true)
-  for _, pid in ipairs(server_pids) do n = n + proc_ticks(pid, false) end
-  return n
-end
-local BUSY = 0.15
-
--- Waits (at most max_s seconds) for a second in which the machine is less
--- than 10% busy; nothing of this runner's runs meanwhile.
-local function wait_quiet(max_s)
-  local deadline = uv.now() + max_s * 1000
-  while uv.now() < deadline do
-    local t0, b0 = machine_ticks()
-    if not t0 then return end
-    sleep(1000)
-    local t1, b1 = machine_ticks()
-    if t1 > t0 and (b1 - b0) / (t1 - t0) < 0.10 then return end
-  end
-end
+local BUSY = lib.BUSY
 
 -- One server, one mode: start, wait for ready, wrk, stop, per-worker counts.
 local function run_one(s, mode)
   local busy, server_ticks
-  local port = free_port()
+  local port = lib.free_port()
   local srv, err = start_server(s, port)
   if not srv then return nil, "cannot start: " .. tostring(err) end
   local result, why
@@ -427,12 +276,8 @@ local function run_one(s, mode)
     local args = { "-t" .. THREADS, "-c" .. CONNS, "-d" .. SECONDS .. "s", "--latency" }
     for _, h in ipairs(mode.headers) do args[#args + 1] = h end
     args[#args + 1] = ("http://127.0.0.1:%d/"):format(port)
-    local server_pids = { srv.proc.pid }
-    for _, c in ipairs(children_of(srv.proc.pid)) do server_pids[#server_pids + 1] = c end
-    local m0, b0 = machine_ticks()
-    local o0 = ours_ticks(server_pids)
-    local s0 = 0
-    for _, pid in ipairs(server_pids) do s0 = s0 + proc_ticks(pid, false) end
+    -- wrk is a child of this runner: cpu_window counts it in ours
+    local cpu = lib.cpu_window(lib.server_pids(srv.proc.pid))
     local w, werr = start("wrk", args, env_list({}))
     if not w then
       why = "cannot start wrk: " .. tostring(werr)
@@ -441,12 +286,7 @@ local function run_one(s, mode)
         io.stderr:write("run.lua: wrk overran, SIGKILL\n")
         stop(w)
       end
-      local m1, b1 = machine_ticks()
-      local o1 = ours_ticks(server_pids)
-      local s1 = 0
-      for _, pid in ipairs(server_pids) do s1 = s1 + proc_ticks(pid, false) end
-      if m0 and m1 > m0 then busy = math.max(0, ((b1 - b0) - (o1 - o0)) / (m1 - m0)) end
-      server_ticks = s1 - s0
+      busy, server_ticks = cpu()
       result = parse_wrk(w.out)
       if not result.rps then
         why = "wrk gave no figure: " .. w.out:gsub("\n", " ")
@@ -503,27 +343,25 @@ local function bench()
       local s = active[(i + r - 2) % #active + 1]
       for _, mode in ipairs(MODES) do
         io.stderr:write(("run %d/%d: %s, %s ... "):format(r, RUNS, s.label, mode.label))
-        local res, why
-        for attempt = 0, RETRY_BUSY do
+        local res, why, again = lib.run_quiet(RETRY_BUSY, function(attempt)
           if attempt > 0 then
             io.stderr:write(("run %d/%d: %s, %s, again (attempt %d) ... "):format(r, RUNS, s.label,
               mode.label, attempt + 1))
           end
-          res, why = run_one(s, mode)
-          if res then
+          local res1, why1 = run_one(s, mode)
+          if res1 then
             local cs = {}
-            for _, c in ipairs(res.counts) do cs[#cs + 1] = c.id .. ":" .. c.n end
-            io.stderr:write(("%.0f req/s, p99 %s ms, %s µs CPU/req, errors %d, workers %s, other processes %s%s\n"):format(
-              res.rps, res.p99_ms and ("%.2f"):format(res.p99_ms) or "?",
-              res.cpu_us and ("%.1f"):format(res.cpu_us) or "?", res.errors,
+            for _, c in ipairs(res1.counts) do cs[#cs + 1] = c.id .. ":" .. c.n end
+            io.stderr:write(("%.0f req/s, p99 %s ms, %s µs CPU/req, errors %d, workers %s, other processes %s%s\n")
+              :format(res1.rps, res1.p99_ms and ("%.2f"):format(res1.p99_ms) or "?",
+              res1.cpu_us and ("%.1f"):format(res1.cpu_us) or "?", res1.errors,
               #cs > 0 and table.concat(cs, " ") or "n/a",
-              res.busy and ("%.0f%%"):format(100 * res.busy) or "?",
-              (res.busy and res.busy > BUSY) and " (suspect)" or ""))
+              res1.busy and ("%.0f%%"):format(100 * res1.busy) or "?",
+              (res1.busy and res1.busy > BUSY) and " (suspect)" or ""))
           end
-          if not (res and res.busy and res.busy > BUSY) or attempt == RETRY_BUSY then break end
-          retried = retried + 1
-          wait_quiet(30)
-        end
+          return res1, why1
+        end, function(res1) return res1.busy end)
+        retried = retried + again
         if res then
           local list = results[s.key][mode.key]
           list[#list + 1] = res
@@ -536,7 +374,7 @@ local function bench()
   end
 end
 
-main_co = coroutine.create(function()
+local main_co = coroutine.create(function()
   local ok, err = xpcall(bench, debug.traceback)
   if not ok then
     io.stderr:write("run.lua: ", err, "\n")
@@ -548,15 +386,7 @@ uv.run()
 
 -- Report ---------------------------------------------------------------------
 
-local function median(t)
-  local s = {}
-  for _, v in ipairs(t) do if v == v and v ~= nil then s[#s + 1] = v end end
-  if #s == 0 then return nil end
-  table.sort(s)
-  local n = #s
-  if n % 2 == 1 then return s[(n + 1) // 2] end
-  return (s[n // 2] + s[n // 2 + 1]) / 2
-end
+local median = lib.median
 
 local function field(key, mode, f)
   local t = {}
@@ -600,7 +430,9 @@ p(("### bench/http: medians of %d runs, wrk -t%d -c%d -d%ds (%s cores; %s, luv %
   have_nginx and version("nginx -v", "nginx/([%d%.]+)") or "n/a",
   version("wrk -v", "wrk ([^ ]+)") or "?"))
 p("")
-p("| server (2 workers) | keep-alive req/s | keep-alive p99 ms | close req/s | close p99 ms | per-worker max/min, keep-alive | per-worker max/min, close | server CPU µs/req, keep-alive / close | errors, keep-alive / close |")
+p("| server (2 workers) | keep-alive req/s | keep-alive p99 ms | close req/s | close p99 ms"
+  .. " | per-worker max/min, keep-alive | per-worker max/min, close"
+  .. " | server CPU µs/req, keep-alive / close | errors, keep-alive / close |")
 p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for _, s in ipairs(SERVERS) do
   if missing[s.key] and missing[s.key] ~= "nginx not found" and missing[s.key] ~= "node not found" then
