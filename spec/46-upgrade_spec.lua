@@ -3,8 +3,9 @@
 -- worker has a listening socket of its own and the kernel resets what is
 -- queued on one that closes unless net.ipv4.tcp_migrate_req is 1 (each
 -- setting in a network namespace of its own, when root), and for a server
--- on a unix socket path: a new runner that fails leaves it, and its file,
--- to the old one.
+-- on a unix socket path under rr and shared: the path keeps answering, its
+-- socket file stays while a runner serves it and goes with the last one.
+-- A socket handed over stays open in the new runner while it runs.
 --
 -- The load is spec/fixtures/up_client.lua, a process of its own (in the
 -- runner's network namespace through nsenter): it counts every request's
@@ -100,12 +101,13 @@ local function command(list)
   return c.code, c.lines, c.err_lines
 end
 
--- One line sent on a new connection to a unix socket: the answer line, or
--- nil and an error.
-local function ask_path(path)
-  local c = uv.new_pipe(false)
+-- A connection to a unix socket path or 127.0.0.1:port that sends one
+-- line: the answer line (or nil and an error) and the connection, closed
+-- unless keep is true.
+local function ask_on(where, keep)
+  local c = type(where) == "string" and uv.new_pipe(false) or uv.new_tcp()
   local res = {}
-  c:connect(path, function(err)
+  local function on_connect(err)
     if err then
       res.err = err
       return c:close()
@@ -120,19 +122,30 @@ local function ask_path(path)
       end
       buf = buf .. data
       local line = buf:match("^([^\n]*)\n")
-      if line then
+      if line and not res.line then
         res.line = line
-        c:close()
+        if not keep then c:close() end
       end
     end)
-  end)
+  end
+  if type(where) == "string" then
+    c:connect(where, on_connect)
+  else
+    local ok, err = c:connect("127.0.0.1", where, on_connect)
+    if not ok then
+      res.err = err
+      c:close()
+    end
+  end
   helper.wait(function() return res.line or res.err end, 3000)
   if not (res.line or res.err) then
     res.err = "timeout"
     if not c:is_closing() then c:close() end
   end
-  return res.line, res.err
+  return res.line, res.err, c
 end
+
+local function ask_path(path) return ask_on(path) end
 
 -- Network namespaces ------------------------------------------------------
 
@@ -304,6 +317,26 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     return outcomes, failed, r
   end
 
+  for _, policy in ipairs({ "rr", "shared" }) do
+    it("keeps a unix socket path answering through three upgrades, with no failed request (" .. policy .. ")",
+      function()
+        local path = tmp .. "/app.sock"
+        local outcomes, failed = upgrades_under_load({ policy = policy, path = path })
+        print(("\n[upgrade, unix socket, %s] %s"):format(policy, report(outcomes)))
+        assert.equal(0, failed, report(outcomes))
+        assert.is_true(outcomes.ok > 0)
+        -- The path is free again: a new runner serves it.
+        set_version("v9")
+        local r = start({ "-w", "1", "--policy", policy, helper.fixture("up_server"), path, version_file })
+        assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+        assert.matches("^%d+ v9$", (ask_path(path)))
+        uv.kill(r.pid, "sigterm")
+        assert.is_true(helper.wait(function() return r.state.exited end, 5000))
+        assert.equal(0, r.state.code, dump(r))
+        assert.is_nil(uv.fs_lstat(path))
+      end)
+  end
+
   it("leaves a unix socket path to the old runner when the new one's workers fail", function()
     local path = tmp .. "/app.sock"
     local r = start({ "-w", "2", "--control", control, "--pid-file", pid_file, "--crash-deaths", "2",
@@ -327,6 +360,60 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     assert.is_true(helper.wait(function() return r.state.exited end, 5000))
     assert.equal(0, r.state.code, dump(r))
     assert.is_nil(uv.fs_lstat(path))
+  end)
+
+  it("removes at exit the unix socket path a new version no longer serves", function()
+    local path, other = tmp .. "/app.sock", tmp .. "/other.sock"
+    local r = start({ "-w", "2", "--control", control, "--pid-file", pid_file,
+      helper.fixture("up_server"), path, version_file })
+    assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
+    set_version("v2 " .. other)
+    local code, out = command({ "upgrade", "--control", control })
+    assert.equal(0, code, dump(r))
+    local new_pid = compat.tointeger(tonumber(out[1]:match("pid (%d+)$")))
+    runners[#runners + 1] = new_pid
+    assert.is_true(helper.wait(function() return not helper.alive(r.pid) end, 10000), dump(r))
+    assert.matches("^%d+ v2$", (ask_path(other)))
+    code = command({ "stop", "--control", control })
+    assert.equal(0, code)
+    assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.state.eof end, 10000), dump(r))
+    assert.is_nil(uv.fs_lstat(other))
+    assert.is_nil(uv.fs_lstat(path), "the socket file the new version did not take is left behind")
+  end)
+
+  -- The sockets an upgrade hands over stay open in the new runner while it
+  -- runs: a worker that dies and binds again gets the same one, even while
+  -- the old runner, draining, still holds it (a socket of its own would
+  -- find the port taken).
+  it("serves a port through a worker restart while the old runner still drains", function()
+    local port = helper.free_port()
+    local r = start({ "-w", "1", "--control", control, "--pid-file", pid_file, "--stop-timeout", "10s",
+      helper.fixture("up_server"), tostring(port), version_file })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    -- A connection the old worker keeps open: the old runner drains until it closes.
+    local line, err, keep = ask_on(port, true)
+    assert.matches("^%d+ v1$", line, err)
+    finally(function() if not keep:is_closing() then keep:close() end end)
+    set_version("v2")
+    local code, out = command({ "upgrade", "--control", control })
+    assert.equal(0, code, dump(r))
+    runners[#runners + 1] = compat.tointeger(tonumber(out[1]:match("pid (%d+)$")))
+    assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
+    local at = find(r.state.lines, "upgrade: new runner")
+    local _, worker_line = find(r.state.lines, "ready after", at)
+    local new_worker = compat.tointeger(tonumber(worker_line:match("%(pid (%d+)%)")))
+    uv.kill(new_worker, "sigkill")
+    assert.is_true(wait_count(r, "ready after", 3, 5000), dump(r))
+    assert.is_true(helper.alive(r.pid), "the old runner is still draining")
+    line, err = ask_on(port)
+    assert.matches("^%d+ v2$", line, err)
+    assert.not_equal(tostring(new_worker), line:match("^%d+"))
+    keep:close()
+    assert.is_true(helper.wait(function() return r.state.exited end, 5000), dump(r))
+    assert.equal(0, r.state.code, dump(r))
+    code = command({ "stop", "--control", control })
+    assert.equal(0, code)
+    assert.is_true(helper.wait(function() return r.state.eof end, 10000), dump(r))
   end)
 
   -- reuseport: the new runner's workers bind sockets of their own beside
