@@ -5,7 +5,8 @@
 -- setting in a network namespace of its own, when root), and for a server
 -- on a unix socket path under rr and shared: the path keeps answering, its
 -- socket file stays while a runner serves it and goes with the last one.
--- A socket handed over stays open in the new runner while it runs.
+-- A socket handed over stays open in the new runner while it runs; a new
+-- runner refuses to upgrade before it has taken over.
 --
 -- The load is spec/fixtures/up_client.lua, a process of its own (in the
 -- runner's network namespace through nsenter): it counts every request's
@@ -411,6 +412,55 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     keep:close()
     assert.is_true(helper.wait(function() return r.state.exited end, 5000), dump(r))
     assert.equal(0, r.state.code, dump(r))
+    code = command({ "stop", "--control", control })
+    assert.equal(0, code)
+    assert.is_true(helper.wait(function() return r.state.eof end, 10000), dump(r))
+  end)
+
+  -- The new runner serves the control socket as soon as it starts, so an
+  -- `upgrade` sent while it is not ready yet reaches it. Were it to start
+  -- an upgrade of its own, it would hand over and stop before it is ready:
+  -- the first runner would take its upgrade for failed and go on serving,
+  -- beside the newest runner.
+  it("refuses a second upgrade while the new runner is still taking over", function()
+    local port = helper.free_port()
+    local r = start({ "-w", "2", "--control", control, "--pid-file", pid_file,
+      helper.fixture("up_server"), tostring(port), version_file })
+    assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
+    -- The new runner's workers wait to bind while the hold file is there.
+    local hold = version_file .. ".hold"
+    assert(io.open(hold, "w")):close()
+    finally(function() os.remove(hold) end)
+    set_version("v2")
+    local first = helper.spawn_lua(BIN, { "upgrade", "--control", control }, nil, nil, { stderr = true })
+    -- Its workers start once it serves the control socket.
+    assert.is_true(wait_count(r, "%) online$", 4, 5000), dump(r))
+    local _, line = find(r.state.lines, "upgrade: new runner %(pid %d+%)")
+    local new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+    runners[#runners + 1] = new_pid
+    local code, _, err = command({ "upgrade", "--control", control })
+    assert.equal(1, code, dump(r))
+    assert.equal(("luv-cluster: this runner is still taking over from the one that started it (pid %d):"
+      .. " no upgrade yet"):format(r.pid), err[1])
+    assert.is_nil(find(r.state.lines, "upgrade: new runner %(pid %d+%)", (find(r.state.lines, "upgrade: new runner"))
+      + 1), dump(r))
+    -- The first upgrade goes on: the old runner leaves, the new one serves.
+    os.remove(hold)
+    assert.is_true(helper.wait(function() return first.exited and first.eof end, 10000))
+    assert.equal(0, first.code, dump(r))
+    assert.equal("upgraded: the new runner is pid " .. new_pid, first.lines[1])
+    assert.is_true(helper.wait(function() return r.state.exited end, 10000), dump(r))
+    assert.equal(0, r.state.code, dump(r))
+    assert.equal(new_pid .. "\n", read(pid_file))
+    assert.matches("^%d+ v2$", (ask_on(port)))
+    -- Once it has taken over, it upgrades in turn.
+    set_version("v3")
+    local out
+    code, out = command({ "upgrade", "--control", control })
+    assert.equal(0, code, dump(r))
+    runners[#runners + 1] = compat.tointeger(tonumber(out[1]:match("pid (%d+)$")))
+    assert.is_true(helper.wait(function() return not helper.alive(new_pid) end, 10000), dump(r))
+    assert.matches("^%d+ v3$", (ask_on(port)))
     code = command({ "stop", "--control", control })
     assert.equal(0, code)
     assert.is_true(helper.wait(function() return r.state.eof end, 10000), dump(r))
