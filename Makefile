@@ -41,7 +41,7 @@ TEST_PKGS = $(RUN_PKGS) lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblu
             haproxy iproute2
 
 .PHONY: all build peer-build lint test test-sigchld test-hosts asan valgrind fuzz check deps-run deps-test demo \
-        install rock bench bench-http bench-balance clean
+        install rock bench bench-http bench-balance bench-upgrade clean
 
 all: build
 build: $(BUILD)/cluster/core.so
@@ -170,6 +170,10 @@ bench-http: build
 bench-balance: build
 	LUA=$(LUA) $(LUA) bench/balance/run.lua
 	$(LUA) bench/balance/source.lua
+
+# 20 hot upgrades of the runner in a row under load (rr, shared, reuseport, unix socket): failed requests, time per upgrade.
+bench-upgrade: build
+	LUA=$(LUA) $(LUA) bench/upgrade/run.lua
 
 clean:
 	rm -rf build

@@ -19,6 +19,7 @@ local uv = require("luv")
 local core = require("cluster.core")
 local protocol = require("cluster.protocol")
 local compat = require("cluster.compat")
+local OWNED_ENV = require("cluster.upgrade").OWNED_ENV
 
 local share = {}
 
@@ -50,17 +51,24 @@ end
 
 -- Sockets systemd passed in (LISTEN_FDS, from fd 3, for this pid only):
 -- a bind that matches one uses it instead of binding. The variables are
--- removed so that workers do not take them for theirs.
+-- removed so that workers do not take them for theirs. Those an upgrading
+-- runner's master had made itself (upgrade.OWNED_ENV) are marked `adopt`:
+-- this master's own once share.adopt() says so.
 local function inherited_sockets()
   local found = {}
   local n = compat.tointeger(tonumber(os.getenv("LISTEN_FDS") or ""))
   local pid = compat.tointeger(tonumber(os.getenv("LISTEN_PID") or ""))
+  local owned = {}
+  for digits in (os.getenv(OWNED_ENV) or ""):gmatch("%d+") do
+    local fd = compat.tointeger(tonumber(digits))
+    if fd then owned[fd] = true end
+  end
   if n and pid == compat.tointeger(uv.os_getpid()) then
     for fd = 3, 3 + n - 1 do
       local info = core.sockname(fd)
       local kind = info and core.socket_type(fd)
       if info and core.set_cloexec(fd) and core.set_nonblocking(fd, true) then
-        found[#found + 1] = { fd = fd, info = info, stream = kind == "stream" }
+        found[#found + 1] = { fd = fd, info = info, stream = kind == "stream", adopt = owned[fd] or nil }
       end
     end
   end
@@ -69,6 +77,7 @@ local function inherited_sockets()
     uv.os_unsetenv("LISTEN_PID")
     uv.os_unsetenv("LISTEN_FDNAMES")
   end
+  if os.getenv(OWNED_ENV) then uv.os_unsetenv(OWNED_ENV) end
   return found
 end
 
@@ -89,6 +98,7 @@ function share.install(cluster)
   local servers = {} -- key -> server
   local inherited = inherited_sockets()
   local held = setmetatable({}, { __mode = "k" }) -- worker -> { key -> count }
+  local handed = false -- share.hand_over() was called
 
   local function close_server(server)
     servers[server.key] = nil
@@ -100,7 +110,9 @@ function share.install(cluster)
     for _, fd in ipairs(server.queue or {}) do core.close(fd) end
     server.hashes = nil
     if server.inherited then
-      server.inherited.taken = false -- systemd's socket: kept for a later bind
+      -- systemd's socket, or one an upgrade handed over: kept for a later
+      -- bind (an adopted one's file is removed at exit: share.at_exit).
+      server.inherited.taken = false
       return
     end
     -- A new master serves it now (the runner's upgrade): left open, its
@@ -457,16 +469,22 @@ function share.install(cluster)
   end
 
   -- For a new master taking over (the runner's upgrade): the listening
-  -- sockets its workers' binds should get, as { fd =, address = } — every
-  -- open rr or shared server, and systemd's sockets no bind took.
+  -- sockets its workers' binds should get, as { fd =, address =, own = } —
+  -- every open rr or shared server, and the inherited sockets no bind
+  -- took; own is true for those this master made or adopted (or was to
+  -- adopt), false for systemd's.
   -- (reuseport servers are one socket per worker: a new master binds its own.)
   function share.listening()
     local list = {}
     for _, server in pairs(servers) do
-      if server.policy ~= "reuseport" then list[#list + 1] = { fd = server.fd, address = server.address } end
+      if server.policy ~= "reuseport" then
+        local given = server.inherited
+        local own = not given or given.own or given.adopt or false
+        list[#list + 1] = { fd = server.fd, address = server.address, own = own }
+      end
     end
     for _, s in ipairs(inherited) do
-      if not s.taken then list[#list + 1] = { fd = s.fd, address = s.info } end
+      if not s.taken then list[#list + 1] = { fd = s.fd, address = s.info, own = s.own or s.adopt or false } end
     end
     table.sort(list, function(a, b) return a.fd < b.fd end)
     return list
@@ -476,6 +494,7 @@ function share.install(cluster)
   -- them (rr) and, when its servers close, leaves their fds to the exit
   -- and their socket files in place.
   function share.hand_over()
+    handed = true
     for _, server in pairs(servers) do
       if server.policy ~= "reuseport" then
         server.handed_over = true
@@ -486,6 +505,32 @@ function share.install(cluster)
           server.paused = true
         end
       end
+    end
+  end
+
+  -- In a runner started by an upgrade, once the old runner has let go:
+  -- the sockets the old runner's master had made (upgrade.OWNED_ENV) are
+  -- this master's from now on. Like systemd's, they stay open while it
+  -- runs (a worker that binds again gets the same socket), but a unix
+  -- socket's file is its to remove at exit (share.at_exit). Until then (a
+  -- new runner that fails) the old runner owns them.
+  function share.adopt()
+    for _, s in ipairs(inherited) do
+      if s.adopt then s.own, s.adopt = true, nil end
+    end
+  end
+
+  -- The runner exits: the files of the unix sockets this master owns are
+  -- removed, unless it handed them over to a new master — adopted ones,
+  -- and servers of its own still open (a server's file otherwise goes
+  -- when it closes).
+  function share.at_exit()
+    if handed then return end
+    for _, server in pairs(servers) do
+      if server.type == "pipe" and not server.inherited then os.remove(server.address.address) end
+    end
+    for _, s in ipairs(inherited) do
+      if s.own and s.info.family == "unix" then os.remove(s.info.address) end
     end
   end
 

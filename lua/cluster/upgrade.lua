@@ -3,25 +3,31 @@
 -- (LISTEN_FDS from fd 3, LISTEN_PID = its pid; share_master uses them for
 -- its workers' binds) and reports on a pipe once its workers are ready.
 --
--- Old side:  upgrade.start({ command =, sockets =, timeout = }, cb)
--- New side:  local fd = upgrade.take()  ...  upgrade.ready(fd)
+-- Old side:  upgrade.start({ command =, sockets =, owned =, timeout = }, cb)
+-- New side:  local fd = upgrade.take()  ...  upgrade.ready(fd, on_let_go)
 
 local uv = require("luv")
 local core = require("cluster.core")
 local compat = require("cluster.compat")
+local Emitter = require("cluster.emitter")
 
 local upgrade = {}
 
 -- The fd (in the new runner) of the pipe to the old one.
 local ENV = "LUV_CLUSTER_UPGRADE_FD"
 upgrade.ENV = ENV
+-- Which of the LISTEN_FDS the old runner's master made itself (its own
+-- binds, not systemd's sockets): "3,5". share_master reads it.
+local OWNED_ENV = "LUV_CLUSTER_OWNED_FDS"
+upgrade.OWNED_ENV = OWNED_ENV
 
 local function close(handle)
   if handle and not handle:is_closing() then handle:close() end
 end
 
 -- start(opts, cb): spawn opts.command ({ program, args... }) with the fds
--- in opts.sockets as LISTEN_FDS. cb(true, pid) once it says it is ready;
+-- in opts.sockets as LISTEN_FDS; opts.owned[i] true marks sockets[i] as
+-- one the old master made (OWNED_ENV). cb(true, pid) once it says it is ready;
 -- cb(false, why) if it exits first or is not ready within opts.timeout ms
 -- (it is then sent SIGTERM, SIGKILL 5 s later, and cb waits for its exit).
 -- Returns the new process's pid, or nil and why when it cannot start.
@@ -30,11 +36,16 @@ function upgrade.start(opts, cb)
   local n = #sockets
   local env = {}
   for k, v in pairs(uv.os_environ()) do
-    if k ~= "LISTEN_FDS" and k ~= "LISTEN_PID" and k ~= "LISTEN_FDNAMES" and k ~= ENV then
+    if k ~= "LISTEN_FDS" and k ~= "LISTEN_PID" and k ~= "LISTEN_FDNAMES" and k ~= ENV and k ~= OWNED_ENV then
       env[#env + 1] = k .. "=" .. v
     end
   end
   if n > 0 then env[#env + 1] = "LISTEN_FDS=" .. n end
+  local owned = {}
+  for i = 1, n do
+    if opts.owned and opts.owned[i] then owned[#owned + 1] = tostring(3 + i - 1) end
+  end
+  if #owned > 0 then env[#env + 1] = OWNED_ENV .. "=" .. table.concat(owned, ",") end
   env[#env + 1] = ENV .. "=" .. (3 + n)
   local report = uv.new_pipe(false)
   local stdio = { 0, 1, 2 }
@@ -106,15 +117,30 @@ function upgrade.take()
   return fd
 end
 
--- Tell the old runner this one is ready (once), and close the fd.
-function upgrade.ready(fd)
+-- Tell the old runner this one is ready (once). on_let_go(), if given, is
+-- called once the old runner has let go: it closes its end of the pipe
+-- when it takes the answer (and hands over), or when it exits; never
+-- while it means to keep serving (a timeout that fired first). The fd is
+-- closed then (at once without on_let_go).
+function upgrade.ready(fd, on_let_go)
   local pipe = uv.new_pipe(false)
   if not pipe:open(fd) then
     close(pipe)
     core.close(fd)
     return
   end
-  pipe:write("ready\n", function() close(pipe) end)
+  local function let_go()
+    close(pipe)
+    if on_let_go then Emitter.call_protected("an upgrade callback", on_let_go) end
+  end
+  pipe:write("ready\n", function(err)
+    if err then return let_go() end -- the old runner is gone
+    if not on_let_go then return close(pipe) end
+    pipe:read_start(function(rerr, data)
+      if data and not rerr then return end -- nothing is sent this way
+      let_go()
+    end)
+  end)
 end
 
 return upgrade
