@@ -24,7 +24,10 @@
 -- Cases: rr, shared, reuseport (with net.ipv4.tcp_migrate_req 0 and 1:
 -- the kernel resets the connections queued on a SO_REUSEPORT listener
 -- that closes unless it is 1), and a unix socket server under rr and
--- shared (pipes are never reuseport).
+-- shared (pipes are never reuseport). The reference, in the same run: the
+-- same 20 new versions brought in without a hot upgrade, by stopping the
+-- runner (`stop` through the control socket) and starting a new one once
+-- it has exited, as an operator would without SIGUSR2 (rr).
 --
 -- Where the cases run (BENCH_NETNS):
 --   1 (the default when root and unshare(1) and ip(8) are there): each
@@ -69,6 +72,7 @@ local CASES = {
   { name = "reuseport", policy = "reuseport", kind = "tcp", migrate = "1" },
   { name = "unix, rr", policy = "rr", kind = "unix" },
   { name = "unix, shared", policy = "shared", kind = "unix" },
+  { name = "rr, stop + start (reference)", policy = "rr", kind = "tcp", restart = true },
 }
 
 -- Helpers ----------------------------------------------------------------
@@ -225,19 +229,24 @@ local function run_case(case)
   write_file(version_file, "v1\n")
 
   local runners, workers, seen = {}, {}, {}
-  local runner = spawn(lua_bin, { root .. "/bin/luv-cluster", "-w", tostring(WORKERS), "--policy", case.policy,
-    "--control", control_path, "--pid-file", pid_file, "--stop-timeout", "5s",
-    root .. "/bench/upgrade/server.lua", path or tostring(port), version_file }, environment())
-  runners[1] = runner.pid
-  local ready_lines = 0
-  runner.on_line = function(line)
-    local wpid = tonumber(line:match("^luv%-cluster: worker %d+ %(pid (%d+)%)"))
-    if wpid and not seen[wpid] then
-      seen[wpid] = true
-      workers[#workers + 1] = wpid
+  local runner, ready_lines
+  -- A runner of ours (the first, or the next one in the reference case).
+  local function start_runner()
+    runner = spawn(lua_bin, { root .. "/bin/luv-cluster", "-w", tostring(WORKERS), "--policy", case.policy,
+      "--control", control_path, "--pid-file", pid_file, "--stop-timeout", "5s",
+      root .. "/bench/upgrade/server.lua", path or tostring(port), version_file }, environment())
+    runners[#runners + 1] = runner.pid
+    ready_lines = 0
+    runner.on_line = function(line)
+      local wpid = tonumber(line:match("^luv%-cluster: worker %d+ %(pid (%d+)%)"))
+      if wpid and not seen[wpid] then
+        seen[wpid] = true
+        workers[#workers + 1] = wpid
+      end
+      if line:find(" ready after ", 1, true) then ready_lines = ready_lines + 1 end
     end
-    if line:find(" ready after ", 1, true) then ready_lines = ready_lines + 1 end
   end
+  start_runner()
 
   -- The load.
   local versions, running, inflight = {}, false, 0
@@ -332,12 +341,26 @@ local function run_case(case)
       local version = "v" .. (k + 1)
       write_file(version_file, version .. "\n")
       local t0 = uv.hrtime()
-      local cok, text = control(control_path, "upgrade", 60000)
-      if not cok then error(("upgrade %d: %s"):format(k, text)) end
+      local new
+      if case.restart then
+        local cok, text = control(control_path, "stop", 10000)
+        if not cok then error(("stop %d: %s"):format(k, text)) end
+        if not wait_for(function() return runner.exited and runner.eof end, 20000) then
+          error(("stop %d: the runner %d still runs after 20 s"):format(k, current))
+        end
+        start_runner()
+        if not wait_for(function() return ready_lines >= WORKERS or runner.exited end, 15000) or runner.exited then
+          error(("start %d: the runner did not get ready"):format(k))
+        end
+        new = runner.pid
+      else
+        local cok, text = control(control_path, "upgrade", 60000)
+        if not cok then error(("upgrade %d: %s"):format(k, text)) end
+        new = tonumber(text:match("the new runner is pid (%d+)"))
+        if not new then error(("upgrade %d: answer %q"):format(k, text)) end
+        runners[#runners + 1] = new
+      end
       local t_ready = uv.hrtime()
-      local new = tonumber(text:match("the new runner is pid (%d+)"))
-      if not new then error(("upgrade %d: answer %q"):format(k, text)) end
-      runners[#runners + 1] = new
       if not wait_for(function() return (versions[version] or 0) > 0 end, 10000) then
         error(("upgrade %d: no answer from %s within 10 s"):format(k, version))
       end
