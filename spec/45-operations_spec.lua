@@ -8,20 +8,11 @@ local compat = require("cluster.compat")
 local util = dofile(helper.fixture("runner_util"))
 
 local find, count, dump, port_of, ask = util.find, util.count, util.dump, util.port_of, util.ask
-local wait_count, wait_exit, command = util.wait_count, util.wait_exit, util.command
+local wait_count, wait_exit, command, read = util.wait_count, util.wait_exit, util.command, util.read
 
 -- Every runner here runs with util.FAST.
 local function start(list)
   return util.start(util.fast(list))
-end
-
--- The contents of a file, or nil.
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local text = f:read("*a")
-  f:close()
-  return text
 end
 
 -- Workers ready and not draining, replayed from the runner's lines; the

@@ -8,145 +8,28 @@
 -- A socket handed over stays open in the new runner while it runs; a new
 -- runner refuses to upgrade before it has taken over.
 --
--- The load is spec/fixtures/up_client.lua, a process of its own (in the
--- runner's network namespace through nsenter): it counts every request's
--- outcome and reports on stdout.
+-- The load is runner_util.load run by spec/fixtures/up_client.lua, a
+-- process of its own: the reuseport cases need it in the runner's network
+-- namespace (through nsenter), whose 127.0.0.1 this process cannot reach;
+-- the unix socket cases use it too, so that every case runs the same way.
+-- It counts every request's outcome and reports on stdout.
 local helper = require("helper")
-local testing = require("cluster.testing")
 local uv = require("luv")
 local compat = require("cluster.compat")
 
-local BIN = uv.cwd() .. "/bin/luv-cluster"
-local FAST = { "--heartbeat-interval", "50ms", "--heartbeat-timeout", "2s", "--boot-timeout", "3s",
-  "--backoff-initial", "10ms" }
+local util = dofile(helper.fixture("runner_util"))
+
+local find, dump, read, command, ask, wait_count = util.find, util.dump, util.read, util.command, util.ask,
+  util.wait_count
+
 local MIGRATE_FILE = "/proc/sys/net/ipv4/tcp_migrate_req"
 local UPGRADES = 3
 
--- A Lua script as a process (cluster.testing.spawn), after `prefix` (a
--- command that execs the rest: unshare, nsenter) if given. Its stdout
--- lines go to on_line. The state has pid, lines (stdout), err_lines, and
--- once known exited, code, eof (stdout closed).
-local function spawn(script, args, prefix, on_line)
-  local proc = testing.spawn(script, args, {
-    prefix = prefix,
-    on_line = function(line, stream) if stream == "stdout" and on_line then on_line(line) end end,
-  })
-  local live = {
-    exited = function() return proc._exited or nil end,
-    code = function() return proc._raw_code end,
-    eof = function() return proc._eof.stdout end,
-  }
-  return setmetatable({ pid = proc.pid, lines = proc.stdout, err_lines = proc.stderr }, {
-    __index = function(_, k)
-      local get = live[k]
-      return get and get()
-    end,
-  })
-end
-
--- Every pid a runner's lines named (its workers, new runners), and the
--- runners' shared output.
-local run
+-- Every runner here runs with util.FAST; prefix (optional): util.spawn's,
+-- a network namespace.
 local function start(list, prefix)
-  local args = {}
-  for _, a in ipairs(FAST) do args[#args + 1] = a end
-  for _, a in ipairs(list) do args[#args + 1] = a end
-  local r = { pids = {}, seen = {} }
-  r.state = spawn(BIN, args, prefix, function(line)
-    for pid in line:gmatch("%(pid (%d+)%)") do
-      pid = compat.tointeger(tonumber(pid))
-      if not r.seen[pid] then
-        r.seen[pid] = true
-        r.pids[#r.pids + 1] = pid
-      end
-    end
-  end)
-  r.pid = r.state.pid
-  run = r
-  return r
+  return util.start(util.fast(list), { prefix = prefix })
 end
-
-local function find(lines, pattern, from)
-  for i = from or 1, #lines do
-    if lines[i]:find(pattern) then return i, lines[i] end
-  end
-end
-
-local function count(r, pattern)
-  local n = 0
-  for _, l in ipairs(r.state.lines) do if l:find(pattern) then n = n + 1 end end
-  return n
-end
-
-local function wait_count(r, pattern, n, timeout)
-  return helper.wait(function() return count(r, pattern) >= n or r.state.exited end, timeout or 3000)
-    and count(r, pattern) >= n
-end
-
-local function dump(r)
-  return "runner output:\n" .. table.concat(r.state.lines, "\n") .. "\nstderr:\n"
-    .. table.concat(r.state.err_lines, "\n")
-end
-
-local function read(file)
-  local f = io.open(file)
-  if not f then return nil end
-  local text = f:read("*a")
-  f:close()
-  return text
-end
-
-local function command(list)
-  local c = helper.spawn_lua(BIN, list, nil, nil, { stderr = true })
-  assert.is_true(helper.wait(function() return c.exited and c.eof and c.err_eof end, 30000))
-  return c.code, c.lines, c.err_lines
-end
-
--- A connection to a unix socket path or 127.0.0.1:port that sends one
--- line: the answer line (or nil and an error) and the connection, closed
--- unless keep is true.
-local function ask_on(where, keep)
-  local c = type(where) == "string" and uv.new_pipe(false) or uv.new_tcp()
-  local res = {}
-  local function on_connect(err)
-    if err then
-      res.err = err
-      return c:close()
-    end
-    c:write("ping\n")
-    local buf = ""
-    c:read_start(function(e, data)
-      if e or not data then
-        res.err = res.err or e or "EOF"
-        if not c:is_closing() then c:close() end
-        return
-      end
-      buf = buf .. data
-      local line = buf:match("^([^\n]*)\n")
-      if line and not res.line then
-        res.line = line
-        if not keep then c:close() end
-      end
-    end)
-  end
-  if type(where) == "string" then
-    c:connect(where, on_connect)
-  else
-    local ok, err = c:connect("127.0.0.1", where, on_connect)
-    if not ok then
-      res.err = err
-      c:close()
-    end
-  end
-  helper.wait(function() return res.line or res.err end, 3000)
-  if not (res.line or res.err) then
-    res.err = "timeout"
-    if not c:is_closing() then c:close() end
-  end
-  return res.line, res.err, c
-end
-
-local function ask_path(path) return ask_on(path) end
 
 -- Network namespaces ------------------------------------------------------
 
@@ -191,52 +74,38 @@ end
 -- The cases -----------------------------------------------------------------
 
 describe("luv-cluster upgrade (reuseport, unix sockets)", function()
-  local tmp, control, pid_file, version_file, runners, client
+  local tmp, control, pid_file, version_file, runners
 
-  local function set_version(v)
-    local f = assert(io.open(version_file, "w"))
-    f:write(v, "\n")
-    f:close()
-  end
+  local function set_version(v) util.set_version(version_file, v) end
 
   before_each(function()
     tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-upgrade46-XXXXXX"))
     control, pid_file, version_file = tmp .. "/control.sock", tmp .. "/runner.pid", tmp .. "/version"
     set_version("v1")
-    runners, client = {}, nil
+    runners = {}
   end)
 
   after_each(function()
-    -- Only what this case started, by pid: the load, the runners (the new
-    -- ones are not our children: the pids they reported), their workers.
-    if client and not client.exited then uv.kill(client.pid, "sigkill") end
+    -- The new runners are not our children: they are ended by the pids
+    -- they reported. util.cleanup ends the rest (the load, the runners we
+    -- started) and checks that every worker is gone.
     for _, pid in ipairs(runners) do
       if helper.alive(pid) then uv.kill(pid, "sigkill") end
     end
-    if run and not run.state.exited then uv.kill(run.pid, "sigkill") end
-    if client then helper.wait(function() return client.exited end, 3000) end
-    if run then
-      helper.wait(function() return run.state.exited end, 3000)
-      for _, pid in ipairs(run.pids) do
-        assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000),
-          "process " .. pid .. " still runs")
-      end
-    end
-    run, client = nil, nil
+    util.cleanup()
     os.execute("rm -rf '" .. tmp .. "'")
   end)
 
   -- The load, in the runner's network namespace when it has one of its own.
   local function start_client(where, prefix)
-    client = spawn(helper.fixture("up_client"), { where, 4, 60 }, prefix)
-    return client
+    return util.spawn(helper.fixture("up_client"), { where, 4, 60 }, { prefix = prefix })
   end
 
   -- The client stops (SIGTERM) and reports: kind -> count, and the failures' total.
   local function stop_client(c)
     uv.kill(c.pid, "sigterm")
     assert.is_true(helper.wait(function() return c.exited and c.eof end, 10000), "the load did not stop")
-    assert.equal(0, c.code)
+    assert.equal(0, c.code, util.err(c))
     local outcomes, failed = {}, 0
     for _, line in ipairs(c.lines) do
       local kind, n = line:match("^outcome (.-) (%d+)$")
@@ -273,10 +142,8 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     assert.equal(r.pid .. "\n", read(pid_file))
     if o.on_start then o.on_start(r.pid) end
     local c = start_client(where, o.prefix and enter_prefix(r.pid))
-    -- Should an assertion fail, the load ends before the next case.
-    finally(function() if not c.exited then uv.kill(c.pid, "sigterm") end end)
-    assert.is_true(helper.wait(function() return find(c.lines, "^answered v1 20$") end, 5000),
-      table.concat(c.lines, "\n"))
+    assert.is_true(helper.wait(function() return find(c, "^answered v1 20$") end, 5000),
+      table.concat(c.lines, "\n") .. "\n" .. util.err(c))
 
     local current = r.pid
     for k = 1, UPGRADES do
@@ -289,18 +156,18 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
       runners[#runners + 1] = new_pid
       assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
       if k == 1 then
-        assert.is_true(helper.wait(function() return r.state.exited end, 3000))
-        assert.equal(0, r.state.code, dump(r))
+        assert.is_true(helper.wait(function() return r.exited end, 3000))
+        assert.equal(0, r.code, dump(r))
       end
       assert.equal(new_pid .. "\n", read(pid_file))
       -- The new version answers the load after the old runner has gone.
       local from = #c.lines + 1
-      assert.is_true(helper.wait(function() return find(c.lines, "^answered " .. version .. " %d+$", from) end,
+      assert.is_true(helper.wait(function() return find(c, "^answered " .. version .. " %d+$", from) end,
         5000), dump(r))
       if o.path then
         local st = uv.fs_lstat(o.path)
         assert.equal("socket", st and st.type)
-        assert.matches("^%d+ " .. version .. "$", (ask_path(o.path)))
+        assert.matches("^%d+ " .. version .. "$", (ask(o.path)))
       end
       current = new_pid
     end
@@ -308,7 +175,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
 
     local code = command({ "stop", "--control", control })
     assert.equal(0, code)
-    assert.is_true(helper.wait(function() return not helper.alive(current) and r.state.eof end, 10000), dump(r))
+    assert.is_true(helper.wait(function() return not helper.alive(current) and r.eof end, 10000), dump(r))
     for _, pid in ipairs(r.pids) do
       assert.is_true(helper.wait(function() return not helper.alive(pid) end, 3000), "process " .. pid .. " still runs")
     end
@@ -330,10 +197,10 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
         set_version("v9")
         local r = start({ "-w", "1", "--policy", policy, helper.fixture("up_server"), path, version_file })
         assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
-        assert.matches("^%d+ v9$", (ask_path(path)))
+        assert.matches("^%d+ v9$", (ask(path)))
         uv.kill(r.pid, "sigterm")
-        assert.is_true(helper.wait(function() return r.state.exited end, 5000))
-        assert.equal(0, r.state.code, dump(r))
+        assert.is_true(helper.wait(function() return r.exited end, 5000))
+        assert.equal(0, r.code, dump(r))
         assert.is_nil(uv.fs_lstat(path))
       end)
   end
@@ -347,19 +214,19 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     local code, _, err = command({ "upgrade", "--control", control })
     assert.equal(1, code)
     assert.matches("upgrade failed: the new runner exited with code 3 before it was ready", err[1])
-    local _, line = find(r.state.lines, "upgrade: new runner %(pid %d+%)")
+    local _, line = find(r, "upgrade: new runner %(pid %d+%)")
     local new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
     runners[#runners + 1] = new_pid
     assert.is_false(helper.alive(new_pid))
     -- Its crashing workers let go of the socket: its file stays, and serves.
     local st = uv.fs_lstat(path)
     assert.equal("socket", st and st.type)
-    assert.matches("^%d+ v1$", (ask_path(path)))
+    assert.matches("^%d+ v1$", (ask(path)))
     assert.equal(r.pid .. "\n", read(pid_file))
     -- The old runner still owns it: gone with it.
     uv.kill(r.pid, "sigterm")
-    assert.is_true(helper.wait(function() return r.state.exited end, 5000))
-    assert.equal(0, r.state.code, dump(r))
+    assert.is_true(helper.wait(function() return r.exited end, 5000))
+    assert.equal(0, r.code, dump(r))
     assert.is_nil(uv.fs_lstat(path))
   end)
 
@@ -374,10 +241,10 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     local new_pid = compat.tointeger(tonumber(out[1]:match("pid (%d+)$")))
     runners[#runners + 1] = new_pid
     assert.is_true(helper.wait(function() return not helper.alive(r.pid) end, 10000), dump(r))
-    assert.matches("^%d+ v2$", (ask_path(other)))
+    assert.matches("^%d+ v2$", (ask(other)))
     code = command({ "stop", "--control", control })
     assert.equal(0, code)
-    assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.state.eof end, 10000), dump(r))
+    assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.eof end, 10000), dump(r))
     assert.is_nil(uv.fs_lstat(other))
     assert.is_nil(uv.fs_lstat(path), "the socket file the new version did not take is left behind")
   end)
@@ -392,7 +259,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
       helper.fixture("up_server"), tostring(port), version_file })
     assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
     -- A connection the old worker keeps open: the old runner drains until it closes.
-    local line, err, keep = ask_on(port, true)
+    local line, err, keep = util.hold(port)
     assert.matches("^%d+ v1$", line, err)
     finally(function() if not keep:is_closing() then keep:close() end end)
     set_version("v2")
@@ -400,21 +267,21 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     assert.equal(0, code, dump(r))
     runners[#runners + 1] = compat.tointeger(tonumber(out[1]:match("pid (%d+)$")))
     assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
-    local at = find(r.state.lines, "upgrade: new runner")
-    local _, worker_line = find(r.state.lines, "ready after", at)
+    local at = find(r, "upgrade: new runner")
+    local _, worker_line = find(r, "ready after", at)
     local new_worker = compat.tointeger(tonumber(worker_line:match("%(pid (%d+)%)")))
     uv.kill(new_worker, "sigkill")
     assert.is_true(wait_count(r, "ready after", 3, 5000), dump(r))
     assert.is_true(helper.alive(r.pid), "the old runner is still draining")
-    line, err = ask_on(port)
+    line, err = ask(port)
     assert.matches("^%d+ v2$", line, err)
     assert.not_equal(tostring(new_worker), line:match("^%d+"))
     keep:close()
-    assert.is_true(helper.wait(function() return r.state.exited end, 5000), dump(r))
-    assert.equal(0, r.state.code, dump(r))
+    assert.is_true(helper.wait(function() return r.exited end, 5000), dump(r))
+    assert.equal(0, r.code, dump(r))
     code = command({ "stop", "--control", control })
     assert.equal(0, code)
-    assert.is_true(helper.wait(function() return r.state.eof end, 10000), dump(r))
+    assert.is_true(helper.wait(function() return r.eof end, 10000), dump(r))
   end)
 
   -- The new runner serves the control socket as soon as it starts, so an
@@ -432,27 +299,27 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     assert(io.open(hold, "w")):close()
     finally(function() os.remove(hold) end)
     set_version("v2")
-    local first = helper.spawn_lua(BIN, { "upgrade", "--control", control }, nil, nil, { stderr = true })
+    local first = util.start({ "upgrade", "--control", control })
     -- Its workers start once it serves the control socket.
     assert.is_true(wait_count(r, "%) online$", 4, 5000), dump(r))
-    local _, line = find(r.state.lines, "upgrade: new runner %(pid %d+%)")
+    local _, line = find(r, "upgrade: new runner %(pid %d+%)")
     local new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
     runners[#runners + 1] = new_pid
     local code, _, err = command({ "upgrade", "--control", control })
     assert.equal(1, code, dump(r))
     assert.equal(("luv-cluster: this runner is still taking over from the one that started it (pid %d):"
       .. " no upgrade yet"):format(r.pid), err[1])
-    assert.is_nil(find(r.state.lines, "upgrade: new runner %(pid %d+%)", (find(r.state.lines, "upgrade: new runner"))
+    assert.is_nil(find(r, "upgrade: new runner %(pid %d+%)", (find(r, "upgrade: new runner"))
       + 1), dump(r))
     -- The first upgrade goes on: the old runner leaves, the new one serves.
     os.remove(hold)
     assert.is_true(helper.wait(function() return first.exited and first.eof end, 10000))
     assert.equal(0, first.code, dump(r))
     assert.equal("upgraded: the new runner is pid " .. new_pid, first.lines[1])
-    assert.is_true(helper.wait(function() return r.state.exited end, 10000), dump(r))
-    assert.equal(0, r.state.code, dump(r))
+    assert.is_true(helper.wait(function() return r.exited end, 10000), dump(r))
+    assert.equal(0, r.code, dump(r))
     assert.equal(new_pid .. "\n", read(pid_file))
-    assert.matches("^%d+ v2$", (ask_on(port)))
+    assert.matches("^%d+ v2$", (ask(port)))
     -- Once it has taken over, it upgrades in turn.
     set_version("v3")
     local out
@@ -460,10 +327,10 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     assert.equal(0, code, dump(r))
     runners[#runners + 1] = compat.tointeger(tonumber(out[1]:match("pid (%d+)$")))
     assert.is_true(helper.wait(function() return not helper.alive(new_pid) end, 10000), dump(r))
-    assert.matches("^%d+ v3$", (ask_on(port)))
+    assert.matches("^%d+ v3$", (ask(port)))
     code = command({ "stop", "--control", control })
     assert.equal(0, code)
-    assert.is_true(helper.wait(function() return r.state.eof end, 10000), dump(r))
+    assert.is_true(helper.wait(function() return r.eof end, 10000), dump(r))
   end)
 
   -- reuseport: the new runner's workers bind sockets of their own beside
@@ -482,7 +349,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
         on_start = function(pid) if prefix then assert.equal(migrate, migrate_of(pid)) end end })
       print(("\n[upgrade, reuseport, tcp_migrate_req = %s] %s"):format(migrate, report(outcomes)))
       assert.is_true(outcomes.ok > 0)
-      local warned = find(r.state.err_lines, "tcp_migrate_req = 0", 1) ~= nil
+      local warned = util.err(r):find("tcp_migrate_req = 0") ~= nil
       if migrate == "1" then
         -- Connections queued on an old worker's socket move to a new one.
         assert.equal(0, failed, report(outcomes))
