@@ -101,7 +101,7 @@ describe("luv-cluster recycling", function()
       if limit then
         limit = tonumber(limit)
         assert.is_true(limit >= 1.0 and limit <= 1.25, l)
-        assert.is_true(tonumber(age) >= limit - 0.05, l)
+        assert.is_true(tonumber(age) >= limit - 0.01, l)
         limits[#limits + 1] = limit
         distinct[limit] = true
       end

@@ -104,7 +104,7 @@ local describe = {
     if ev.reason == "memory" then
       return ("%s uses %s, over --max-memory %s: replacing it"):format(who(ev), mib(ev.rss), mib(ev.limit))
     elseif ev.reason == "age" then
-      return ("%s is %.1fs old, past its max age of %.1fs: replacing it"):format(
+      return ("%s is %.2fs old, past its max age of %.2fs: replacing it"):format(
         who(ev), ev.age / 1000, ev.limit / 1000)
     end
     return ("%s: replacing it (%s)"):format(who(ev), tostring(ev.reason))
