@@ -171,7 +171,9 @@ bench-balance: build
 	LUA=$(LUA) $(LUA) bench/balance/run.lua
 	$(LUA) bench/balance/source.lua
 
-# 20 hot upgrades of the runner in a row under load (rr, shared, reuseport, unix socket): failed requests, time per upgrade.
+# 20 hot upgrades of the runner in a row under load (rr, shared, reuseport,
+# unix socket), and the same versions brought in by stop + start for
+# reference: failed requests, time per upgrade.
 bench-upgrade: build
 	LUA=$(LUA) $(LUA) bench/upgrade/run.lua
 
