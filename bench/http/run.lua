@@ -49,7 +49,7 @@ local function capture(cmd)
   p:close()
   return (out:gsub("%s+$", ""))
 end
-local function have(cmd) return capture("command -v " .. cmd .. " 2>/dev/null") ~= "" end
+local have = lib.have
 
 -- Servers ------------------------------------------------------------------
 
@@ -166,19 +166,7 @@ local function probe(port)
   return ok
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local read_file, write_file = lib.read_file, lib.write_file
 
 local function rm_rf(path)
   -- only the temporary directory this runner made

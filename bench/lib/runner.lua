@@ -28,6 +28,29 @@ function M.lua_bin()
   return bin
 end
 
+-- Whether a command of that name is on PATH.
+function M.have(name)
+  local r = os.execute("command -v " .. name .. " >/dev/null 2>&1")
+  return r == true or r == 0 -- 5.2+ say true, 5.1 and LuaJIT 0
+end
+
+-- Files -----------------------------------------------------------------------
+
+-- The whole of a file, or nil when it cannot be read.
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function M.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  assert(f:close())
+end
+
 -- Time and waiting -----------------------------------------------------------
 
 function M.sleep(ms)
