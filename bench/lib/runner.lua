@@ -1,9 +1,10 @@
--- The driver side shared by bench/http/run.lua and bench/balance/run.lua:
--- starting and stopping the processes a run needs, waiting on the loop,
--- and telling how much of the machine's CPU other processes took during a
--- run (this machine is shared; such a run is suspect and may be done
--- again). Plain luv, no cluster; Lua 5.1 to 5.4 and LuaJIT, since
--- `make bench-balance` runs its driver under $(LUA).
+-- The driver side shared by bench/http/run.lua, bench/balance/run.lua and
+-- bench/upgrade/run.lua: starting and stopping the processes a run needs,
+-- waiting on the loop, and telling how much of the machine's CPU other
+-- processes took during a run (this machine is shared; such a run is
+-- suspect and may be done again). Plain luv, no cluster; Lua 5.1 to 5.4 and
+-- LuaJIT, since `make bench-balance` and `make bench-upgrade` run their
+-- drivers under $(LUA).
 --
 -- sleep, wait_for, stop, wait_ready, wait_quiet and run_quiet yield: call
 -- them from the coroutine the runner does its work in, with uv.run() going.
@@ -16,16 +17,18 @@ local M = {}
 M.BUSY = 0.15
 local STOP_MS = 10000 -- a process must end within this after SIGTERM
 
--- The interpreter the servers run under: LUA, else the one running this
--- script (the first of arg[-1], arg[-2], ...), else lua5.4.
+-- The interpreter running this script (the first of arg[-1], arg[-2], ...),
+-- else lua5.4: what a driver runs itself again under.
+function M.self_bin()
+  local i, prog = 0, nil
+  while arg[i] do prog = arg[i]; i = i - 1 end
+  return (prog and prog ~= "") and prog or "lua5.4"
+end
+
+-- The interpreter the servers run under: LUA, else self_bin().
 function M.lua_bin()
-  local bin = os.getenv("LUA") or "lua5.4"
-  if not os.getenv("LUA") then
-    local i, prog = 0, nil
-    while arg[i] do prog = arg[i]; i = i - 1 end
-    if prog and prog ~= "" then bin = prog end
-  end
-  return bin
+  local bin = os.getenv("LUA")
+  return (bin and bin ~= "") and bin or M.self_bin()
 end
 
 -- Whether a command of that name is on PATH.
@@ -102,42 +105,66 @@ function M.env_list(extra, drop)
 end
 
 -- Starts file with args and env (a list from env_list); its stdout is
--- collected whole (p.out) and as complete lines (p.lines), its stderr is
--- ours. Returns p, or nil and why.
-function M.start(file, args, env)
-  local p = { out = "", lines = {}, exited = false, eof = false, file = file }
-  local pipe = uv.new_pipe(false)
-  local handle, pid = uv.spawn(file, { args = args, env = env, stdio = { nil, pipe, 2 } },
+-- collected whole (p.out) and as complete lines (p.lines), each also
+-- handed to p.on_line(line) if the caller set it. Its stderr is ours, or
+-- with keep_stderr collected as lines too (p.err_lines), for a process that
+-- talks a lot or whose complaints the caller reports itself. p.eof: all of
+-- its output has ended. Returns p, or nil and why.
+function M.start(file, args, env, keep_stderr)
+  local p = { out = "", lines = {}, err_lines = {}, exited = false, eof = false, file = file }
+  local out = uv.new_pipe(false)
+  local err = keep_stderr and uv.new_pipe(false) or nil
+  local handle, pid = uv.spawn(file, { args = args, env = env, stdio = { nil, out, err or 2 } },
     function(code, signal)
       p.exited, p.code, p.signal = true, code, signal
       p.handle:close()
     end)
   if not handle then
-    pipe:close()
+    out:close()
+    if err then err:close() end
     return nil, pid
   end
-  p.handle, p.pid, p.pipe = handle, pid, pipe
-  local partial = "" -- a line not ended yet: a read may stop anywhere
-  pipe:read_start(function(err, data)
-    if err or not data then
-      if partial ~= "" then p.lines[#p.lines + 1] = partial end
-      p.eof = true
-      pipe:close()
-      return
-    end
-    p.out = p.out .. data
-    partial = partial .. data
-    for line in partial:gmatch("([^\n]*)\n") do
-      if line ~= "" then p.lines[#p.lines + 1] = line end
-    end
-    partial = partial:match("[^\n]*$")
-  end)
+  p.handle, p.pid, p.pipes = handle, pid, { out, err }
+  local open = err and 2 or 1
+  -- Collects pipe's lines into lines (a line not ended yet waits for the
+  -- next read); stdout's also into p.out and to p.on_line.
+  local function read_lines(pipe, lines, stdout)
+    local partial = ""
+    pipe:read_start(function(rerr, data)
+      if rerr or not data then
+        if partial ~= "" then lines[#lines + 1] = partial end
+        pipe:close()
+        open = open - 1
+        p.eof = open == 0
+        return
+      end
+      if stdout then p.out = p.out .. data end
+      partial = partial .. data
+      for line in partial:gmatch("([^\n]*)\n") do
+        if line ~= "" then
+          lines[#lines + 1] = line
+          if stdout and p.on_line then p.on_line(line) end
+        end
+      end
+      partial = partial:match("[^\n]*$")
+    end)
+  end
+  read_lines(out, p.lines, true)
+  if err then read_lines(err, p.err_lines, false) end
   return p
+end
+
+-- True while the process runs (a zombie does not count); any process, not
+-- only our children: a server's workers, the runners an upgrade starts.
+function M.alive(pid)
+  local stat = M.read_file("/proc/" .. pid .. "/stat")
+  local state = stat and stat:match("%) (%a) ")
+  return state ~= nil and state ~= "Z"
 end
 
 -- Stops p by its pid: SIGTERM, then SIGKILL (p and extra_pids, e.g. the
 -- workers of a server whose master did not end them) after STOP_MS; waits
--- for its exit and for the end of its stdout, which its workers hold open
+-- for its exit and for the end of its output, which its workers hold open
 -- too. False when it had to be killed.
 function M.stop(p, extra_pids)
   local function gone() return p.exited and p.eof end
@@ -148,7 +175,9 @@ function M.stop(p, extra_pids)
   for _, pid in ipairs(extra_pids or {}) do uv.kill(pid, "sigkill") end
   if not M.wait_for(gone, 3000) and not p.eof then
     p.eof = true
-    p.pipe:close()
+    for _, pipe in ipairs(p.pipes) do
+      if not pipe:is_closing() then pipe:close() end
+    end
   end
   return false
 end
