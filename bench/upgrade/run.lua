@@ -45,6 +45,10 @@
 -- one running this script). The clients, the runners and the workers share
 -- the machine's cores: the figures are this machine's, under this load.
 local uv = require("luv")
+local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
+if dir:sub(1, 1) ~= "/" then dir = uv.cwd() .. "/" .. dir end
+package.path = dir .. "/../?.lua;" .. package.path
+local lib = require("lib.runner")
 
 local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 5
 local UPGRADES = tonumber(os.getenv("BENCH_UPGRADES") or "") or 20
@@ -53,17 +57,9 @@ local TIMEOUT_MS = tonumber(os.getenv("BENCH_TIMEOUT_MS") or "") or 3000
 local WORKERS = 2
 local MIGRATE_FILE = "/proc/sys/net/ipv4/tcp_migrate_req"
 
-local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
-if dir:sub(1, 1) ~= "/" then dir = uv.cwd() .. "/" .. dir end
 local root = dir:gsub("/bench/upgrade$", "")
-local lua_bin = os.getenv("LUA")
-local self_lua = "lua5.4"
-do
-  local i, prog = 0, nil
-  while arg[i] do prog = arg[i]; i = i - 1 end
-  if prog and prog ~= "" then self_lua = prog end
-end
-lua_bin = (lua_bin and lua_bin ~= "") and lua_bin or self_lua
+local self_lua = lib.self_bin() -- what each case runs under, in its namespace
+local lua_bin = lib.lua_bin()
 
 local CASES = {
   { name = "rr", policy = "rr", kind = "tcp" },
@@ -77,60 +73,11 @@ local CASES = {
 
 -- Helpers ----------------------------------------------------------------
 
-local function sleep(ms)
-  local co = coroutine.running()
-  local t = uv.new_timer()
-  t:start(ms, 0, function() t:close(); assert(coroutine.resume(co)) end)
-  coroutine.yield()
-end
+local sleep, median, alive = lib.sleep, lib.median, lib.alive
+local read_file, write_file = lib.read_file, lib.write_file
 
-local function wait_for(cond, timeout_ms)
-  local deadline = uv.now() + timeout_ms
-  while not cond() do
-    if uv.now() > deadline then return false end
-    sleep(5)
-  end
-  return true
-end
-
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local text = f:read("*a")
-  f:close()
-  return text
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  assert(f:close())
-end
-
--- True while the process runs (a zombie does not count).
-local function alive(pid)
-  local stat = read_file("/proc/" .. pid .. "/stat")
-  local state = stat and stat:match("%) (%a) ")
-  return state ~= nil and state ~= "Z"
-end
-
-local function free_port()
-  local s = uv.new_tcp()
-  assert(s:bind("127.0.0.1", 0))
-  local port = s:getsockname().port
-  s:close()
-  return port
-end
-
-local function median(list)
-  if #list == 0 then return nil end
-  local s = {}
-  for i, v in ipairs(list) do s[i] = v end
-  table.sort(s)
-  local n = #s
-  if n % 2 == 1 then return s[(n + 1) / 2] end
-  return (s[n / 2] + s[n / 2 + 1]) / 2
-end
+-- Polls every 5 ms: the upgrade times are taken when these waits end.
+local function wait_for(cond, timeout_ms) return lib.wait_for(cond, timeout_ms, 5) end
 
 local function max_of(list)
   local m
@@ -138,51 +85,18 @@ local function max_of(list)
   return m
 end
 
--- A process with its stdout (and stderr) lines collected.
+-- A process with its stdout and stderr lines collected (the runners log a
+-- line per worker and per upgrade; a case's stderr goes into its report).
 local function spawn(file, args, env)
-  local p = { lines = {}, err_lines = {}, exited = false, eof = false, err_eof = false }
-  local out, err = uv.new_pipe(false), uv.new_pipe(false)
-  local handle, pid = uv.spawn(file, { args = args, env = env, stdio = { nil, out, err } },
-    function(code, signal)
-      p.exited, p.code, p.signal = true, code, signal
-      p.handle:close()
-    end)
-  if not handle then
-    out:close()
-    err:close()
-    error("cannot start " .. file .. ": " .. tostring(pid))
-  end
-  p.handle, p.pid = handle, pid
-  local function reader(pipe, lines, eof_key, on_line)
-    local buf = ""
-    pipe:read_start(function(rerr, data)
-      if rerr or not data then
-        if buf ~= "" then lines[#lines + 1] = buf end
-        p[eof_key] = true
-        return pipe:close()
-      end
-      buf = buf .. data
-      for line in buf:gmatch("([^\n]*)\n") do
-        lines[#lines + 1] = line
-        if on_line then on_line(line) end
-      end
-      buf = buf:match("[^\n]*$")
-    end)
-  end
-  reader(out, p.lines, "eof", function(line) if p.on_line then p.on_line(line) end end)
-  reader(err, p.err_lines, "err_eof")
+  local p, err = lib.start(file, args, env, true)
+  if not p then error("cannot start " .. file .. ": " .. tostring(err)) end
   return p
 end
 
+-- Our settings stay out of the runners' environment, and so do systemd's
+-- LISTEN_FDS and LISTEN_PID, were we given them: each runner binds its own.
 local function environment(extra)
-  local env = {}
-  for k, v in pairs(uv.os_environ()) do
-    if not k:match("^LUA_CLUSTER_") and not k:match("^BENCH_") and not k:match("^LISTEN_") then
-      env[#env + 1] = k .. "=" .. v
-    end
-  end
-  for _, kv in ipairs(extra or {}) do env[#env + 1] = kv end
-  return env
+  return lib.env_list(extra or {}, { "^LUA_CLUSTER_", "^BENCH_", "^LISTEN_" })
 end
 
 -- One command on the runner's control socket: ok, answer text.
@@ -225,7 +139,7 @@ local function run_case(case)
   local tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-bench-upgrade-XXXXXX"))
   local version_file, control_path, pid_file = tmp .. "/version", tmp .. "/control.sock", tmp .. "/runner.pid"
   local path = case.kind == "unix" and tmp .. "/app.sock" or nil
-  local port = not path and free_port() or nil
+  local port = not path and lib.free_port() or nil
   write_file(version_file, "v1\n")
 
   local runners, workers, seen = {}, {}, {}
@@ -311,19 +225,15 @@ local function run_case(case)
   local function cleanup()
     running = false
     wait_for(function() return inflight == 0 end, TIMEOUT_MS + 2000)
-    for _, pid in ipairs(runners) do
-      if alive(pid) then
-        note("runner " .. pid .. " left: killed")
-        uv.kill(pid, "sigkill")
+    for _, group in ipairs({ { "runner", runners }, { "worker", workers } }) do
+      for _, pid in ipairs(group[2]) do
+        if alive(pid) then
+          note(group[1] .. " " .. pid .. " left: killed")
+          uv.kill(pid, "sigkill")
+        end
       end
     end
-    for _, pid in ipairs(workers) do
-      if alive(pid) then
-        note("worker " .. pid .. " left: killed")
-        uv.kill(pid, "sigkill")
-      end
-    end
-    wait_for(function() return runner.exited and runner.eof and runner.err_eof end, 5000)
+    wait_for(function() return runner.exited and runner.eof end, 5000)
     os.execute("rm -rf '" .. tmp .. "'")
   end
 
@@ -435,11 +345,6 @@ end
 
 -- The driver -------------------------------------------------------------
 
-local function executable(name)
-  return os.execute("command -v " .. name .. " >/dev/null 2>&1") == true
-    or os.execute("command -v " .. name .. " >/dev/null 2>&1") == 0
-end
-
 local function main_case(index)
   local case = CASES[index]
   local r = run_case(case)
@@ -454,7 +359,7 @@ local function main()
   if netns_env == "0" then
     netns = false
   else
-    netns = is_root and executable("unshare") and executable("ip")
+    netns = is_root and lib.have("unshare") and lib.have("ip")
     if netns_env == "1" and not netns then error("BENCH_NETNS=1: needs root, unshare(1) and ip(8)") end
   end
 
@@ -493,23 +398,23 @@ local function main()
   for run = 1, RUNS do
     for index, case in ipairs(CASES) do
       local args, file
-      local env = environment({ "LUA=" .. lua_bin })
+      local extra = { LUA = lua_bin }
       if netns then
         file = "unshare"
         args = { "--net", "--", "/bin/sh", "-c",
           'ip link set lo up && { [ -z "$BENCH_CASE_MIGRATE" ] || echo "$BENCH_CASE_MIGRATE" > ' .. MIGRATE_FILE
           .. '; } && exec "$@"', "sh", self_lua, dir .. "/run.lua", "--case", tostring(index) }
-        if case.migrate then env[#env + 1] = "BENCH_CASE_MIGRATE=" .. case.migrate end
+        extra.BENCH_CASE_MIGRATE = case.migrate
       else
         file = self_lua
         args = { dir .. "/run.lua", "--case", tostring(index) }
         set_migrate(case.migrate)
       end
       for _, k in ipairs({ "BENCH_UPGRADES", "BENCH_CLIENTS", "BENCH_TIMEOUT_MS" }) do
-        if os.getenv(k) then env[#env + 1] = k .. "=" .. os.getenv(k) end
+        extra[k] = os.getenv(k)
       end
-      local p = spawn(file, args, env)
-      wait_for(function() return p.exited and p.eof and p.err_eof end, 10 * 60 * 1000)
+      local p = spawn(file, args, environment(extra))
+      wait_for(function() return p.exited and p.eof end, 10 * 60 * 1000)
       restore()
       local line
       for _, l in ipairs(p.lines) do if l:match("^RESULT\t") then line = l end end
