@@ -4,6 +4,10 @@
 -- being the first line of VERSIONFILE when the worker started (each
 -- runner generation gets its own, so the driver sees who answered).
 --   server.lua PORT|PATH VERSIONFILE
+-- Not bench/lib/server.lua: here the runner is the master, and the app is
+-- a plain luv server, as a user's would be. Not spec/fixtures/up_server.lua
+-- either: the specs' needs (pid in the answer, hold file, crash version)
+-- must not change what the bench measures.
 local uv = require("luv")
 
 local where, version_file = arg[1], arg[2]
