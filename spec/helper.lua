@@ -114,18 +114,23 @@ end
 -- under `ulimit -n n` (its pid is then the shell's, which execs it);
 -- lua_args = { ... } go to the interpreter before the script (likewise
 -- through a shell); detached = true starts it in a session of its own
--- (setsid(1): its pid is its process group's id); stderr = true collects
--- its stderr lines in state.err_lines, and sets state.err_eof once every
--- writer has closed it (else they are written to this process's stderr).
+-- (setsid(1): its pid is its process group's id); prefix = a command
+-- that execs the rest in place (unshare, nsenter: the pid is then the
+-- script's), not with fd_limit, lua_args or detached; stderr = true
+-- collects its stderr lines in state.err_lines, and sets state.err_eof
+-- once every writer has closed it (else they are written to this
+-- process's stderr).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
-  local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {} }
+  local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {}, prefix = opts.prefix }
   for _, kv in ipairs(env or {}) do
     local k, v = kv:match("^([^=]+)=(.*)$")
     spawn_opts.env[k] = v
   end
   if opts.lpath then spawn_opts.env[helper.path_var] = opts.lpath end
   if opts.cpath then spawn_opts.env[helper.cpath_var] = opts.cpath end
+  assert(not (opts.prefix and (opts.fd_limit or opts.lua_args or opts.detached)),
+    "prefix cannot be combined with fd_limit, lua_args or detached")
   if opts.fd_limit then
     -- Soft and hard limit both, through the shell's ulimit: the process
     -- cannot raise it back.
