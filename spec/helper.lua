@@ -59,6 +59,15 @@ function helper.copy_paths(dir)
     dir .. "/build/" .. compat.build_name .. "/?.so;;"
 end
 
+-- The contents of a file, or nil if it cannot be opened.
+function helper.read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
 -- Number of open fds of this process.
 function helper.fd_count()
   local n = 0
@@ -76,9 +85,7 @@ function helper.zombies()
     local name = uv.fs_scandir_next(req)
     if not name then break end
     if name:match("^%d+$") then
-      local f = io.open("/proc/" .. name .. "/stat")
-      local stat = f and f:read("*a")
-      if f then f:close() end
+      local stat = helper.read_file("/proc/" .. name .. "/stat")
       -- pid (comm) state ppid ...; comm may hold spaces, so match from ')'
       local state, ppid
       if stat then state, ppid = stat:match("%) (%a) (%d+)") end
@@ -90,11 +97,8 @@ end
 
 -- The state letter of a process in /proc/<pid>/stat (R, S, T, Z...), or nil.
 local function proc_state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return nil end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%) (%a) ")
+  local stat = helper.read_file("/proc/" .. pid .. "/stat")
+  return stat and stat:match("%) (%a) ")
 end
 helper.proc_state = proc_state
 
