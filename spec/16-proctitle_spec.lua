@@ -8,22 +8,14 @@ local uv = require("luv")
 local compat = require("cluster.compat")
 local util = dofile(helper.fixture("lc_util"))
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
 -- /proc/<pid>/cmdline without the NULs that pad the area; nil once gone.
 local function cmdline(pid)
-  local s = slurp("/proc/" .. pid .. "/cmdline")
+  local s = helper.read_file("/proc/" .. pid .. "/cmdline")
   return s and (s:gsub("%z+$", ""))
 end
 
 local function comm(pid)
-  local s = slurp("/proc/" .. pid .. "/comm")
+  local s = helper.read_file("/proc/" .. pid .. "/comm")
   return s and (s:gsub("\n$", ""))
 end
 

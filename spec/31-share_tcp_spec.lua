@@ -41,14 +41,6 @@ local function has_ipv6_loopback()
   return ok ~= nil
 end
 
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
 describe("sharing a TCP port", function()
   after_each(util.cleanup)
 
@@ -286,7 +278,7 @@ describe("sharing a TCP port", function()
   end
 
   it("a privileged port gives the worker EACCES when the master is unprivileged", function()
-    local start = tonumber(read_file("/proc/sys/net/ipv4/ip_unprivileged_port_start") or "") or 1024
+    local start = tonumber(helper.read_file("/proc/sys/net/ipv4/ip_unprivileged_port_start") or "") or 1024
     if start <= 1 then
       pending("every port is unprivileged here (ip_unprivileged_port_start = " .. start .. ")")
       return

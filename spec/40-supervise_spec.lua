@@ -7,15 +7,13 @@ local uv = require("luv")
 local cluster = require("cluster")
 local supervise = require("cluster.supervise")
 local compat = require("cluster.compat")
+-- For its ask, hold and set_version (spec/fixtures/sv_server.lua's).
+local util = dofile(helper.fixture("runner_util"))
 
 local tmpdir = assert(uv.fs_mkdtemp("/tmp/luv-cluster-sv-XXXXXX"))
 local version_file = tmpdir .. "/version"
 
-local function set_version(v)
-  local f = assert(io.open(version_file, "w"))
-  f:write(v, "\n")
-  f:close()
-end
+local function set_version(v) util.set_version(version_file, v) end
 
 -- The running supervisor, the events it reported and every pid it started.
 local sv, events, pids
@@ -77,32 +75,7 @@ end
 
 -- One request on a new connection: "ping\n" -> "<pid> <version>".
 -- Returns the answer line, or nil and an error.
-local function ask(port, keep)
-  local c = uv.new_tcp()
-  local res = {}
-  c:connect("127.0.0.1", port, function(err)
-    if err then res.err = err; c:close(); return end
-    c:write("ping\n")
-    local buf = ""
-    c:read_start(function(e, data)
-      if e or not data then
-        res.err = res.err or e or "EOF"
-        res.closed = true
-        if not c:is_closing() then c:close() end
-        return
-      end
-      buf = buf .. data
-      local line = buf:match("^([^\n]*)\n")
-      if line and not res.line then
-        res.line = line
-        if not keep then c:close() end
-      end
-    end)
-  end)
-  helper.wait(function() return res.line or res.err end, 2000)
-  if keep then return res, c end
-  return res.line, res.err
-end
+local ask = util.ask
 
 local function pid_of(line)
   return line and compat.tointeger(tonumber(line:match("^(%d+)")))
@@ -419,9 +392,11 @@ describe("cluster.supervise", function()
     start({ workers = 1, exec = helper.fixture("sv_server"), args = { "0", version_file }, stop_timeout = 200 })
     assert.is_true(wait_ready(1))
     local port = port_of()
-    local conn, c = ask(port, true)
-    assert.matches("^%d+ v1$", conn.line)
-    local pid = pid_of(conn.line)
+    -- c is closed once the other side has closed it.
+    local held, held_err, c = util.hold(port)
+    finally(function() helper.close(c) end)
+    assert.matches("^%d+ v1$", held, held_err)
+    local pid = pid_of(held)
     local clean, info
     local t0 = uv.now()
     local w = sv:workers()[1]
@@ -432,15 +407,14 @@ describe("cluster.supervise", function()
     local line, err = ask(port)
     assert.is_nil(line)
     assert.matches("ECONNREFUSED", tostring(err))
-    assert.is_false(conn.closed or false)
+    assert.is_false(c:is_closing())
     assert.is_true(helper.wait(function() return clean ~= nil end))
     assert.is_false(clean)
     assert.equal(1, info.killed)
     assert.is_true(uv.now() - t0 >= 190)
     assert.is_table(find("kill", { pid = pid, reason = "stop_timeout" }))
     assert.equal("SIGKILL", find("exit", { pid = pid }).signal)
-    assert.is_true(helper.wait(function() return conn.closed end))
-    if not c:is_closing() then helper.close(c) end
+    assert.is_true(helper.wait(function() return c:is_closing() end))
   end)
 
   it("stop({immediate = true}) kills at once", function()

@@ -36,17 +36,17 @@ describe("luv-cluster recycling", function()
   after_each(util.cleanup)
 
   it("rejects a bad --max-memory or --max-age, naming it", function()
-    local r = start({ "--max-memory", "lots", helper.fixture("grow_server"), "0" })
+    local r = start({ "--max-memory", "lots", helper.fixture("sv_server"), "0" })
     assert.equal(2, wait_exit(r))
     assert.equal("luv-cluster: --max-memory: expected a size such as 200M, 1G or a number of bytes, got 'lots'",
       r.err_lines[1])
-    r = start({ "--max-age", "0", helper.fixture("grow_server"), "0" })
+    r = start({ "--max-age", "0", helper.fixture("sv_server"), "0" })
     assert.equal(2, wait_exit(r))
     assert.equal("luv-cluster: --max-age: expected a duration such as 500ms or 2s, got '0'", r.err_lines[1])
   end)
 
   it("replaces a worker over --max-memory (new one ready first) with no failed request under load", function()
-    local r = start({ "-w", "2", "--max-memory", "40M", "--stop-timeout", "5s", helper.fixture("grow_server"), "0" })
+    local r = start({ "-w", "2", "--max-memory", "40M", "--stop-timeout", "5s", helper.fixture("sv_server"), "0" })
     assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
     local port = port_of(r)
 
@@ -70,7 +70,7 @@ describe("luv-cluster recycling", function()
     print(("\n[max-memory] 2 recycles under load, outcomes: %s"):format(report))
     assert.equal(0, failed, report)
     assert.is_true(load.outcomes.ok > 20, "too few requests to mean anything")
-    -- grow_server has one version.
+    -- sv_server without a version file serves v1 only.
     assert.same({ v1 = load.outcomes.ok }, load.versions)
     for _, pid in ipairs(grown) do
       -- Its replacement was started and ready before it drained.
@@ -89,7 +89,7 @@ describe("luv-cluster recycling", function()
   end)
 
   it("replaces workers past --max-age one at a time, each with its own limit in [T, 1.25 T]", function()
-    local r = start({ "-w", "3", "--max-age", "1s", "--stop-timeout", "2s", helper.fixture("grow_server"), "0" })
+    local r = start({ "-w", "3", "--max-age", "1s", "--stop-timeout", "2s", helper.fixture("sv_server"), "0" })
     assert.is_true(wait_count(r, "ready after", 3, 5000), dump(r))
     -- Every first worker is replaced (and a few of their replacements).
     assert.is_true(wait_count(r, "draining %(recycle%)", 4, 15000), dump(r))

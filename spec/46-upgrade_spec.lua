@@ -137,7 +137,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
   local function upgrades_under_load(o)
     local where = o.path or tostring(helper.free_port())
     local r = start({ "-w", "2", "--policy", o.policy, "--control", control, "--pid-file", pid_file,
-      "--stop-timeout", "5s", helper.fixture("up_server"), where, version_file }, o.prefix)
+      "--stop-timeout", "5s", helper.fixture("sv_server"), where, version_file }, o.prefix)
     assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
     assert.equal(r.pid .. "\n", read(pid_file))
     if o.on_start then o.on_start(r.pid) end
@@ -195,7 +195,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
         assert.is_true(outcomes.ok > 0)
         -- The path is free again: a new runner serves it.
         set_version("v9")
-        local r = start({ "-w", "1", "--policy", policy, helper.fixture("up_server"), path, version_file })
+        local r = start({ "-w", "1", "--policy", policy, helper.fixture("sv_server"), path, version_file })
         assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
         assert.matches("^%d+ v9$", (ask(path)))
         uv.kill(r.pid, "sigterm")
@@ -208,7 +208,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
   it("leaves a unix socket path to the old runner when the new one's workers fail", function()
     local path = tmp .. "/app.sock"
     local r = start({ "-w", "2", "--control", control, "--pid-file", pid_file, "--crash-deaths", "2",
-      helper.fixture("up_server"), path, version_file })
+      helper.fixture("sv_server"), path, version_file })
     assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
     set_version("crash")
     local code, _, err = command({ "upgrade", "--control", control })
@@ -233,7 +233,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
   it("removes at exit the unix socket path a new version no longer serves", function()
     local path, other = tmp .. "/app.sock", tmp .. "/other.sock"
     local r = start({ "-w", "2", "--control", control, "--pid-file", pid_file,
-      helper.fixture("up_server"), path, version_file })
+      helper.fixture("sv_server"), path, version_file })
     assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
     set_version("v2 " .. other)
     local code, out = command({ "upgrade", "--control", control })
@@ -256,7 +256,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
   it("serves a port through a worker restart while the old runner still drains", function()
     local port = helper.free_port()
     local r = start({ "-w", "1", "--control", control, "--pid-file", pid_file, "--stop-timeout", "10s",
-      helper.fixture("up_server"), tostring(port), version_file })
+      helper.fixture("sv_server"), tostring(port), version_file })
     assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
     -- A connection the old worker keeps open: the old runner drains until it closes.
     local line, err, keep = util.hold(port)
@@ -292,7 +292,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
   it("refuses a second upgrade while the new runner is still taking over", function()
     local port = helper.free_port()
     local r = start({ "-w", "2", "--control", control, "--pid-file", pid_file,
-      helper.fixture("up_server"), tostring(port), version_file })
+      helper.fixture("sv_server"), tostring(port), version_file })
     assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
     -- The new runner's workers wait to bind while the hold file is there.
     local hold = version_file .. ".hold"

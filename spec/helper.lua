@@ -59,6 +59,15 @@ function helper.copy_paths(dir)
     dir .. "/build/" .. compat.build_name .. "/?.so;;"
 end
 
+-- The contents of a file, or nil if it cannot be opened.
+function helper.read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
 -- Number of open fds of this process.
 function helper.fd_count()
   local n = 0
@@ -76,9 +85,7 @@ function helper.zombies()
     local name = uv.fs_scandir_next(req)
     if not name then break end
     if name:match("^%d+$") then
-      local f = io.open("/proc/" .. name .. "/stat")
-      local stat = f and f:read("*a")
-      if f then f:close() end
+      local stat = helper.read_file("/proc/" .. name .. "/stat")
       -- pid (comm) state ppid ...; comm may hold spaces, so match from ')'
       local state, ppid
       if stat then state, ppid = stat:match("%) (%a) (%d+)") end
@@ -90,11 +97,8 @@ end
 
 -- The state letter of a process in /proc/<pid>/stat (R, S, T, Z...), or nil.
 local function proc_state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return nil end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%) (%a) ")
+  local stat = helper.read_file("/proc/" .. pid .. "/stat")
+  return stat and stat:match("%) (%a) ")
 end
 helper.proc_state = proc_state
 
@@ -114,18 +118,23 @@ end
 -- under `ulimit -n n` (its pid is then the shell's, which execs it);
 -- lua_args = { ... } go to the interpreter before the script (likewise
 -- through a shell); detached = true starts it in a session of its own
--- (setsid(1): its pid is its process group's id); stderr = true collects
--- its stderr lines in state.err_lines, and sets state.err_eof once every
--- writer has closed it (else they are written to this process's stderr).
+-- (setsid(1): its pid is its process group's id); prefix = a command
+-- that execs the rest in place (unshare, nsenter: the pid is then the
+-- script's), not with fd_limit, lua_args or detached; stderr = true
+-- collects its stderr lines in state.err_lines, and sets state.err_eof
+-- once every writer has closed it (else they are written to this
+-- process's stderr).
 function helper.spawn_lua(script, args, on_line, env, opts)
   opts = opts or {}
-  local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {} }
+  local spawn_opts = { uid = opts.uid, gid = opts.gid, env = {}, prefix = opts.prefix }
   for _, kv in ipairs(env or {}) do
     local k, v = kv:match("^([^=]+)=(.*)$")
     spawn_opts.env[k] = v
   end
   if opts.lpath then spawn_opts.env[helper.path_var] = opts.lpath end
   if opts.cpath then spawn_opts.env[helper.cpath_var] = opts.cpath end
+  assert(not (opts.prefix and (opts.fd_limit or opts.lua_args or opts.detached)),
+    "prefix cannot be combined with fd_limit, lua_args or detached")
   if opts.fd_limit then
     -- Soft and hard limit both, through the shell's ulimit: the process
     -- cannot raise it back.
