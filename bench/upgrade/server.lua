@@ -5,7 +5,7 @@
 -- runner generation gets its own, so the driver sees who answered).
 --   server.lua PORT|PATH VERSIONFILE
 -- Not bench/lib/server.lua: here the runner is the master, and the app is
--- a plain luv server, as a user's would be. Not spec/fixtures/up_server.lua
+-- a plain luv server, as a user's would be. Not spec/fixtures/sv_server.lua
 -- either: the specs' needs (pid in the answer, hold file, crash version)
 -- must not change what the bench measures.
 local uv = require("luv")
