@@ -25,12 +25,28 @@ local PEER_GONE = { EOF = true, ECONNRESET = true, EPIPE = true }
 -- Channels with frames not yet handed to the kernel. A flush runs send
 -- callbacks, which may send again: those land in `dirty` anew, and an idle
 -- handle keeps the loop from blocking until they are out.
+--
+-- The prepare handle runs on every loop turn once made, unreferenced (it
+-- keeps no loop alive: a dirty channel's own poll handle does): on a
+-- turn with nothing queued it costs one call, where starting it on the
+-- first send of a turn and stopping it again after the flush cost three
+-- luv calls on every turn that sends (a round trip's hop).
 local dirty, flushing = {}, {}
 local flusher, waker -- uv prepare and idle handles, made on the first send
+local waking = false -- the idle handle is started
+
+local function noop() end
 
 local function flush_dirty()
+  if next(dirty) == nil then
+    if waking then
+      waking = false
+      waker:stop()
+    end
+    return
+  end
   local n = 0
-  for ch in pairs(dirty) do
+  for ch in next, dirty do
     n = n + 1
     flushing[n] = ch
     dirty[ch] = nil
@@ -41,20 +57,23 @@ local function flush_dirty()
     ch:_flush()
   end
   if next(dirty) == nil then
-    flusher:stop()
-    waker:stop()
-  else
-    waker:start(function() end)
+    if waking then
+      waking = false
+      waker:stop()
+    end
+  elseif not waking then
+    waking = true
+    waker:start(noop)
   end
 end
 
 local function mark_dirty(ch)
-  if dirty[ch] then return end
   dirty[ch] = true
   if not flusher then
     flusher, waker = uv.new_prepare(), uv.new_idle()
+    flusher:start(flush_dirty)
+    flusher:unref()
   end
-  flusher:start(flush_dirty)
 end
 
 -- For Worker:send's fast path, which queues a plain message without going
