@@ -31,9 +31,11 @@
 /* A flush moves at most this much per sendmsg so one huge message cannot
  * starve the loop. */
 #define WRITE_CHUNK (4 * 1024 * 1024)
-/* Past the high-water mark, a send writes through at most once per this
- * many newly queued bytes: the reader works while the burst goes on, and a
- * full socket costs one failed write per step, not one per message. */
+/* A burst of sends writes through once this many bytes are unsent (or
+ * sendHighWaterMark, if lower), then at most once per this many newly
+ * queued bytes: the reader works while the burst goes on rather than after
+ * it, and a full socket costs one failed write per step, not one per
+ * message. Smaller bursts go out in one write per loop turn (the flush). */
 #define WRITE_THROUGH_STEP (64 * 1024)
 /* Queue and receive buffer memory kept after a peak. */
 #define KEEP_BYTES (1024 * 1024)
@@ -99,6 +101,11 @@ static channel *check_channel(lua_State *L) {
   return ch;
 }
 
+/* Unsent bytes at which the first send of a burst writes through. */
+static size_t first_through(const channel *ch) {
+  return ch->high_water < WRITE_THROUGH_STEP ? ch->high_water : WRITE_THROUGH_STEP;
+}
+
 static int set_fd_flags(int fd) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
@@ -136,7 +143,7 @@ static int l_channel(lua_State *L) {
   ch->max_payload = (size_t)max;
   ch->high_water = (size_t)high;
   ch->max_queue = (size_t)queue;
-  ch->through_at = ch->high_water;
+  ch->through_at = first_through(ch);
   luaL_setmetatable(L, CHANNEL_MT);
   return 1;
 }
@@ -350,7 +357,6 @@ static int l_send(lua_State *L) {
     if (err) ch->write_err = err; /* this message is queued; the next flush reports it */
     pending = unsent(ch);
     ch->through_at = pending + WRITE_THROUGH_STEP;
-    if (ch->through_at < ch->high_water) ch->through_at = ch->high_water;
   }
   lua_pushinteger(L, (lua_Integer)(ch->out_sent + pending));
   lua_pushboolean(L, pending >= ch->high_water);
@@ -367,7 +373,7 @@ static int l_flush(lua_State *L) {
     return core_push_errno(L, "channel write", err);
   }
   size_t pending = unsent(ch);
-  ch->through_at = pending > ch->high_water ? pending + WRITE_THROUGH_STEP : ch->high_water;
+  ch->through_at = pending > 0 ? pending + WRITE_THROUGH_STEP : first_through(ch);
   lua_pushinteger(L, (lua_Integer)ch->out_sent);
   lua_pushinteger(L, (lua_Integer)pending);
   return 2;

@@ -1,7 +1,7 @@
 -- Wires a cluster.core channel into the luv loop: a poll handle on its fd,
 -- one prepare handle that flushes every channel with queued frames right
 -- before the loop blocks (so a burst of sends becomes one write; a burst
--- past the high-water mark also writes through as it goes, in C), the
+-- past 64 KiB also writes through as it goes, in C), the
 -- 'drain' of a backlog, and the dispatch of received frames to the
 -- owner's callbacks.
 
