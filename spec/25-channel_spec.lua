@@ -105,3 +105,52 @@ describe("the channel", function()
     assert.matches("error in a 'message' listener", err_text, 1, true)
   end)
 end)
+
+-- Both ends of a channel in this process, over a socketpair: what one
+-- burst of sends looks like to the receiving side's dispatch.
+describe("a channel's receiving side", function()
+  local uv = require("luv")
+  local Channel = require("cluster.channel")
+  local LIMITS = { maxMessageSize = 1024 * 1024, sendHighWaterMark = 1024 * 1024, maxQueueSize = 64 * 1024 * 1024 }
+
+  -- Returns the sending channel and the receiving one; got is filled with
+  -- { value, internal, handle } per message; hook(value, rx) runs for each.
+  local function pair(got, hook)
+    local fds = assert(uv.socketpair("stream", 0, { nonblock = true }, { nonblock = true }))
+    local quiet = { on_message = function() end, on_error = function() end, on_dropped = function() end,
+      on_drain = function() end, on_close = function() end }
+    local tx = assert(Channel.open(fds[1], LIMITS, quiet))
+    local rx
+    rx = assert(Channel.open(fds[2], LIMITS, {
+      on_message = function(value, internal, handle)
+        got[#got + 1] = { value, internal, handle }
+        if hook then hook(value, rx) end
+      end,
+      on_error = function(err) error("on_error: " .. tostring(err)) end,
+      on_dropped = function(err) error("on_dropped: " .. tostring(err)) end,
+      on_drain = function() end,
+      on_close = function() got.closed = true end,
+    }))
+    return tx, rx
+  end
+
+  it("delivers the rest of what was read, in order, when a listener drains the channel", function()
+    local got = {}
+    local drained = false
+    local tx = pair(got, function(value, rx)
+      if value == 5 and not drained then
+        drained = true
+        rx:drain() -- comes back into the dispatch, then closes
+      end
+    end)
+    for i = 1, 50 do assert(tx:send(i)) end
+    tx:flush_now()
+    assert.is_true(helper.wait(function() return got.closed end, 5000))
+    local values = {}
+    for i = 1, #got do values[i] = got[i][1] end
+    local want = {}
+    for i = 1, 50 do want[i] = i end
+    assert.same(want, values)
+    tx:close()
+  end)
+end)

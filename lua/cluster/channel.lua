@@ -385,6 +385,10 @@ end
 -- exit can be seen before its channel's EOF), then close.
 function Channel:drain()
   if self.closed or self.closing then return end
+  -- First what is read already: a listener may drain this channel in the
+  -- middle of a dispatch, with frames still unparsed (with held frames,
+  -- _read does this itself after them).
+  if not self.held and not self:_parse() then return end
   self:_read(math.huge, true)
   self:close()
 end
