@@ -616,6 +616,40 @@ static int l_next(lua_State *L) {
   return 5;
 }
 
+/* ch:take(t) -> n, more
+ * Decodes the whole frames at the head of the input that are plain user
+ * messages (not internal, no fd, a small payload, not nil) into t[1..n], at most
+ * TAKE_MAX of them, in order: one call per batch rather than one next()
+ * per message. n is 0 when the head frame is anything else, or not all in
+ * yet: next() deals with it (and reports what is wrong with it). `more` is
+ * false when no byte is left unparsed (no next() needed to learn it). */
+#define TAKE_MAX 64
+static int l_take(lua_State *L) {
+  channel *ch = check_channel(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer n = 0;
+  while (n < TAKE_MAX) {
+    frame_header h;
+    const char *p = ch->in.data + ch->in_head;
+    if (frame_parse(p, ch->in.len - ch->in_head, ch->max_payload, &h) != FRAME_OK) break;
+    if (h.internal || h.fd_kind != FRAME_FD_NONE || h.payload_len >= PROTECTED_DECODE_MIN) break;
+    /* A nil message (its payload is the nil tag alone) goes through next():
+     * in t, nil marks an entry already dispatched. */
+    if (h.payload_len == 1 && p[FRAME_HEADER_SIZE] == 0) break;
+    if (codec_decode(L, p + FRAME_HEADER_SIZE, h.payload_len) != 0) {
+      lua_pop(L, 1); /* malformed: left for next() */
+      break;
+    }
+    lua_rawseti(L, 2, ++n);
+    ch->in_head += FRAME_HEADER_SIZE + h.payload_len;
+  }
+  int more = ch->in_head < ch->in.len;
+  if (!more) ch->in_head = ch->in.len = 0;
+  lua_pushinteger(L, n);
+  lua_pushboolean(L, more);
+  return 2;
+}
+
 static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -658,7 +692,7 @@ void channel_open(lua_State *L) {
       {"send", l_send},   {"flush", l_flush},     {"read", l_read},
       {"next", l_next},   {"fileno", l_fileno},   {"watch", l_watch},
       {"pending", l_pending}, {"close", l_close}, {"is_closed", l_is_closed},
-      {"wait", l_wait},   {NULL, NULL}};
+      {"wait", l_wait},   {"take", l_take},           {NULL, NULL}};
   luaL_newmetatable(L, CHANNEL_MT);
   luaL_newlib(L, methods);
   /* Also core.channel_methods: the Lua hot paths call these directly. */

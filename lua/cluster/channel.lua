@@ -13,7 +13,8 @@ local compat = require("cluster.compat")
 
 local FD_KIND = core.FD_KIND
 -- Called directly on the hot paths, without a method lookup per message.
-local core_send, core_next = core.channel_methods.send, core.channel_methods.next
+local core_send, core_next, core_take =
+  core.channel_methods.send, core.channel_methods.next, core.channel_methods.take
 
 local Channel = {}
 Channel.__index = Channel
@@ -151,6 +152,8 @@ function Channel.open(fd, limits, owner)
     closed = false,
     closing = false,
     writing = false, -- the poll also wakes for writability
+    batch = {}, -- plain messages from core take(), [1..batch_n] (nil: dispatched)
+    batch_n = 0,
   }, Channel)
   poll:start("r", function(perr) self:_on_poll(perr) end)
   return self
@@ -316,24 +319,46 @@ function Channel:request(message, is_reply, timeout_ms)
 end
 
 -- Dispatch the whole frames in the receive buffer; false when the
--- channel closed on the way.
+-- channel closed on the way. Plain messages come from core take() in
+-- batches (one C call for many) into self.batch[1..batch_n], whatever
+-- else is at the head of the buffer from next(). A listener that comes
+-- back here for this channel (a drain() on the way) first dispatches what
+-- is left of the batch, in order: an entry is set to nil once dispatched
+-- (take() never gives a nil message), and the outer call skips it.
 function Channel:_parse()
-  local ch, owner = self.core, self.owner
-  local on_message = owner.on_message
+  local ch, batch = self.core, self.batch
+  local on_message = self.owner.on_message
+  local n, more = self.batch_n, true
   while true do
-    local has, value, internal, kind, fd = core_next(ch)
-    if has == true and not kind then
-      on_message(value, internal, nil)
-    elseif has == false then
-      return true
-    elseif has == nil then
-      self:_fail(value, "EPROTO")
-      return false
-    else
-      self:_deliver(has, value, internal, kind, fd)
+    for i = 1, n do
+      local value = batch[i]
+      if value ~= nil then
+        batch[i] = nil
+        on_message(value, false, nil)
+        if not self.open then return false end
+      end
     end
-    if not self.open then return false end
+    if not more then break end -- the batch emptied the buffer
+    n, more = core_take(ch, batch)
+    self.batch_n = n
+    if n == 0 then
+      local has, value, internal, kind, fd = core_next(ch)
+      if has == true and not kind then
+        on_message(value, internal, nil)
+      elseif has == false then
+        break
+      elseif has == nil then
+        self:_fail(value, "EPROTO")
+        return false
+      else
+        self:_deliver(has, value, internal, kind, fd)
+      end
+      if not self.open then return false end
+      more = true
+    end
   end
+  self.batch_n = 0
+  return true
 end
 
 -- Reads and dispatches what is waiting, at most max_reads reads: a bound
