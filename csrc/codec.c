@@ -357,6 +357,56 @@ static int enc_table(encoder *e, int idx) {
 
   e->tables[e->depth++] = self;
   int top = lua_gettop(L);
+  uint64_t count = 0;
+
+  /* One traversal: lua_next nearly always yields the keys 1..narr first
+   * and in order (a table's array part), so they are written as they come,
+   * then the pairs. A table whose traversal does not start that way (a
+   * hole, array keys kept in the hash part, a key 0) is written again, in
+   * two passes: the same bytes either way. */
+  lua_Unsigned done = 0; /* array entries written */
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int key = top + 1, val = top + 2;
+    int kt = lua_type(L, key);
+    if (kt == LUA_TNUMBER && lua_isinteger(L, key)) {
+      lua_Integer k = lua_tointeger(L, key);
+      if (k >= 1 && (lua_Unsigned)k <= narr) {
+        if ((lua_Unsigned)k != done + 1) goto two_passes;
+        if (enc_value(e, val, lua_type(L, val)) != 0) {
+          path_add_index(e, (lua_Unsigned)k);
+          return -1;
+        }
+        done++;
+        lua_settop(L, key);
+        continue;
+      }
+    }
+    if (done < narr) goto two_passes;
+    if (kt != LUA_TBOOLEAN && kt != LUA_TNUMBER && kt != LUA_TSTRING &&
+        kt != LUA_TTABLE)
+      return enc_fail(e, PATH_OF_TABLE, "cannot send %s as a table key",
+                      unsendable_kind(L, key));
+    if (enc_value(e, key, kt) != 0) {
+      path_add_key(e, key);
+      return -1;
+    }
+    if (enc_value(e, val, lua_type(L, val)) != 0) {
+      path_add_key(e, key);
+      return -1;
+    }
+    count++;
+    lua_settop(L, key);
+  }
+  if (done == narr) {
+    e->depth--;
+    return enc_patch_count(e, count_at, count);
+  }
+
+two_passes:
+  lua_settop(L, top);
+  e->out->len = count_at + 1; /* back to just after the header */
+  count = 0;
   lua_Unsigned nils = 0;
   for (lua_Unsigned i = 1; i <= narr; i++) {
     int type = lua_rawgeti(L, idx, (lua_Integer)i);
@@ -375,7 +425,6 @@ static int enc_table(encoder *e, int idx) {
     }
     lua_settop(L, top);
   }
-  uint64_t count = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int key = top + 1, val = top + 2;
