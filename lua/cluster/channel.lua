@@ -13,8 +13,9 @@ local compat = require("cluster.compat")
 
 local FD_KIND = core.FD_KIND
 -- Called directly on the hot paths, without a method lookup per message.
-local core_send, core_next, core_take =
-  core.channel_methods.send, core.channel_methods.next, core.channel_methods.take
+local methods = core.channel_methods
+local core_send, core_next, core_take, core_flush, core_read =
+  methods.send, methods.next, methods.take, methods.flush, methods.read
 
 local Channel = {}
 Channel.__index = Channel
@@ -23,41 +24,44 @@ Channel.__index = Channel
 -- that dies with our messages unread resets the connection.
 local PEER_GONE = { EOF = true, ECONNRESET = true, EPIPE = true }
 
--- Channels with frames not yet handed to the kernel. A flush runs send
--- callbacks, which may send again: those land in `dirty` anew, and an idle
--- handle keeps the loop from blocking until they are out.
+-- Channels with frames not yet handed to the kernel: the set `dirty`
+-- (what a send asks) and, in the order they were marked, the list
+-- marked[1..nmarked] (what a flush walks: no next() on the set, a call of
+-- a few hundred instructions each). A channel closed or flushed outside
+-- the flush leaves the set at once and its list entry stays, skipped. A
+-- flush runs send callbacks, which may send again: those land in a fresh
+-- list, and an idle handle keeps the loop from blocking until they are out.
 --
 -- The prepare handle runs on every loop turn once made, unreferenced (it
 -- keeps no loop alive: a dirty channel's own poll handle does): on a
 -- turn with nothing queued it costs one call, where starting it on the
 -- first send of a turn and stopping it again after the flush cost three
 -- luv calls on every turn that sends (a round trip's hop).
-local dirty, flushing = {}, {}
+local dirty = {}
+local marked, nmarked, spare = {}, 0, {}
 local flusher, waker -- uv prepare and idle handles, made on the first send
 local waking = false -- the idle handle is started
 
 local function noop() end
 
+local flushing = false -- flush_dirty is walking a list (spare is in use)
+
 local function flush_dirty()
-  if next(dirty) == nil then
-    if waking then
-      waking = false
-      waker:stop()
+  local list, n = marked, nmarked
+  if n > 0 and not flushing then
+    flushing = true
+    marked, nmarked, spare = spare, 0, list
+    for i = 1, n do
+      local ch = list[i]
+      list[i] = nil
+      if dirty[ch] then
+        dirty[ch] = nil
+        ch:_flush()
+      end
     end
-    return
+    flushing = false
   end
-  local n = 0
-  for ch in next, dirty do
-    n = n + 1
-    flushing[n] = ch
-    dirty[ch] = nil
-  end
-  for i = 1, n do
-    local ch = flushing[i]
-    flushing[i] = nil
-    ch:_flush()
-  end
-  if next(dirty) == nil then
+  if nmarked == 0 then
     if waking then
       waking = false
       waker:stop()
@@ -70,6 +74,8 @@ end
 
 local function mark_dirty(ch)
   dirty[ch] = true
+  local n = nmarked + 1
+  marked[n], nmarked = ch, n
   if not flusher then
     flusher, waker = uv.new_prepare(), uv.new_idle()
     flusher:start(flush_dirty)
@@ -213,7 +219,7 @@ end
 
 function Channel:_flush()
   if self.closed then return end
-  local written, pending, code = self.core:flush()
+  local written, pending, code = core_flush(self.core)
   if not written then
     if PEER_GONE[code] then self:close() else self:_fail(pending, code) end
     return
@@ -239,7 +245,7 @@ function Channel:_flush()
     self:_watch(true)
   elseif self.closing then
     self:close()
-  else
+  elseif self.writing then
     self:_watch(false)
   end
 end
@@ -377,7 +383,7 @@ function Channel:_read(max_reads, to_eof)
     -- A short read usually means the socket is empty (it can also stop at
     -- a frame carrying an fd: level-triggered polling brings us back).
     if not more and not to_eof then return end
-    local ok, err, code = ch:read()
+    local ok, err, code = core_read(ch)
     if ok == false then return end
     if ok == nil then
       if code == "ENOMEM" then -- one message dropped; the channel goes on
@@ -402,7 +408,7 @@ function Channel:_on_poll(err)
     self:_read(4)
     -- Replies sent by the listeners go out now rather than a loop turn
     -- later: a round trip costs one pass through the loop, not two.
-    if next(dirty) ~= nil then flush_dirty() end
+    if nmarked > 0 then flush_dirty() end
   end
 end
 
