@@ -24,6 +24,10 @@ Channel.__index = Channel
 -- that dies with our messages unread resets the connection.
 local PEER_GONE = { EOF = true, ECONNRESET = true, EPIPE = true }
 
+-- Channel:_flush, _read, _parse and _on_poll, called on the hot paths as
+-- locals: a method call looks the name up through the metatable each time.
+local flush_channel, read_channel, parse_channel, on_poll
+
 -- Channels with frames not yet handed to the kernel: the set `dirty`
 -- (what a send asks) and, in the order they were marked, the list
 -- marked[1..nmarked] (what a flush walks: no next() on the set, a call of
@@ -56,7 +60,7 @@ local function flush_dirty()
       list[i] = nil
       if dirty[ch] then
         dirty[ch] = nil
-        ch:_flush()
+        flush_channel(ch)
       end
     end
     flushing = false
@@ -161,7 +165,7 @@ function Channel.open(fd, limits, owner)
     batch = {}, -- plain messages from core take(), [1..batch_n] (nil: dispatched)
     batch_n = 0,
   }, Channel)
-  poll:start("r", function(perr) self:_on_poll(perr) end)
+  poll:start("r", function(perr) on_poll(self, perr) end)
   return self
 end
 
@@ -249,6 +253,8 @@ function Channel:_flush()
     self:_watch(false)
   end
 end
+
+flush_channel = Channel._flush
 
 -- Deliver one frame as core next() gave it (has = true or "dropped").
 function Channel:_deliver(has, value, internal, kind, fd)
@@ -367,6 +373,8 @@ function Channel:_parse()
   return true
 end
 
+parse_channel = Channel._parse
+
 -- Reads and dispatches what is waiting, at most max_reads reads: a bound
 -- per wake-up keeps one busy peer from starving the loop. to_eof: read
 -- until the socket says EAGAIN or EOF.
@@ -375,7 +383,7 @@ function Channel:_read(max_reads, to_eof)
     -- A request() read ahead: first what it held, then what it left
     -- unparsed in the buffer.
     self:_dispatch_held()
-    if not self.open or not self:_parse() then return end
+    if not self.open or not parse_channel(self) then return end
   end
   local ch = self.core
   local more = true
@@ -394,23 +402,27 @@ function Channel:_read(max_reads, to_eof)
       return
     end
     more = err -- read()'s second result: the buffer filled up
-    if not self:_parse() then return end
+    if not parse_channel(self) then return end
   end
 end
+
+read_channel = Channel._read
 
 -- The poll watches the channel's epoll fd, which says "something is
 -- ready", not what: flush when waiting to write, then read.
 function Channel:_on_poll(err)
   if self.closed then return end
   if err then return self:drain() end
-  if self.writing then self:_flush() end
+  if self.writing then flush_channel(self) end
   if not self.closed and not self.closing then
-    self:_read(4)
+    read_channel(self, 4)
     -- Replies sent by the listeners go out now rather than a loop turn
     -- later: a round trip costs one pass through the loop, not two.
     if nmarked > 0 then flush_dirty() end
   end
 end
+
+on_poll = Channel._on_poll
 
 -- Dispatch everything the peer wrote before it went away (the worker's
 -- exit can be seen before its channel's EOF), then close.
