@@ -281,6 +281,53 @@ static int push_refused(lua_State *L, const char *what, int err) {
   return 3;
 }
 
+/* A string at least this long sent on a channel with nothing unsent (the
+ * send would write through at once anyway) is written from the Lua string
+ * itself, with its frame header alongside: no copy into the queue unless
+ * the socket leaves some of it. */
+#define DIRECT_MIN WRITE_THROUGH_STEP
+
+/* send() of the string s (of len bytes, an encoding of at most
+ * max_payload) on a channel with nothing unsent, no fd with it. Returns
+ * send()'s results. */
+static int send_direct(lua_State *L, channel *ch, int internal, const char *s, size_t len) {
+  unsigned char head[FRAME_HEADER_SIZE + CODEC_STRING_HEAD_MAX];
+  size_t hlen = FRAME_HEADER_SIZE + codec_string_head(head + FRAME_HEADER_SIZE, len);
+  size_t total = hlen + len;
+  /* Room for all of it first: once a byte is written the rest must queue. */
+  ch->out_head = ch->out.len = 0;
+  if (buffer_reserve(&ch->out, total) != 0)
+    return push_refused(L, "not enough memory to queue the message", ENOMEM);
+  frame_write_header((char *)head, (uint32_t)(total - FRAME_HEADER_SIZE), internal, FRAME_FD_NONE);
+  struct iovec iov[2] = {{head, hlen}, {(void *)s, len}};
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+  ssize_t n;
+  do n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    /* As a send that writes through: the message is queued, and the next
+     * flush reports the error. */
+    if (errno != EAGAIN && errno != EWOULDBLOCK) ch->write_err = errno;
+    n = 0;
+  }
+  size_t sent = (size_t)n;
+  ch->out_sent += sent;
+  if (sent < hlen) {
+    memcpy(ch->out.data, head + sent, hlen - sent);
+    memcpy(ch->out.data + (hlen - sent), s, len);
+    ch->out.len = total - sent;
+  } else if (sent < total) {
+    memcpy(ch->out.data, s + (sent - hlen), total - sent);
+    ch->out.len = total - sent;
+  }
+  size_t pending = unsent(ch);
+  if (pending == 0) buffer_trim(&ch->out, KEEP_BYTES);
+  ch->through_at = pending + WRITE_THROUGH_STEP;
+  lua_pushinteger(L, (lua_Integer)(ch->out_sent + pending));
+  lua_pushboolean(L, pending >= ch->high_water);
+  return 2;
+}
+
 /* ch:send(value, internal[, fd_kind, fd[, take]])
  *   -> end_offset, above_high_water | nil, err, ENAME
  * Raises when the value cannot be sent (a function, a cycle, over
@@ -309,6 +356,14 @@ static int l_send(lua_State *L) {
   size_t pending = unsent(ch);
   if (pending >= ch->max_queue)
     return push_refused(L, "send queue full (maxQueueSize bytes unwritten)", ENOBUFS);
+  if (pending == 0 && fd < 0 && lua_type(L, 2) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+    /* Anything over maxMessageSize goes the usual way, to its error. */
+    if (len >= DIRECT_MIN && ch->max_payload >= CODEC_STRING_HEAD_MAX &&
+        len <= ch->max_payload - CODEC_STRING_HEAD_MAX)
+      return send_direct(L, ch, internal, s, len);
+  }
   if (!take && fd >= 0) {
     fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) return push_refused(L, "cannot duplicate the handle's file descriptor", errno);

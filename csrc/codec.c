@@ -201,15 +201,19 @@ static int enc_string(encoder *e, const char *s, size_t len) {
     return enc_over_limit(e, size + head + len);
   unsigned char *p = enc_room(e, head + len);
   if (!p) return enc_oom(e);
-  if (len <= SHORTSTR_MAX) {
-    p[0] = (unsigned char)(TAG_SHORTSTR + len);
-  } else {
-    p[0] = TAG_STR;
-    put_varint(p + 1, len);
-  }
+  codec_string_head(p, len);
   memcpy(p + head, s, len);
   e->out->len += head + len;
   return 0;
+}
+
+size_t codec_string_head(unsigned char *out, size_t len) {
+  if (len <= SHORTSTR_MAX) {
+    out[0] = (unsigned char)(TAG_SHORTSTR + len);
+    return 1;
+  }
+  out[0] = TAG_STR;
+  return 1 + put_varint(out + 1, len);
 }
 
 /* Prepend text to the key path of an error report. */

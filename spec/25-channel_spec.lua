@@ -175,6 +175,30 @@ describe("a channel's receiving side", function()
     helper.wait(function() return got.closed end, 1000)
   end)
 
+  it("keeps large strings whole and in order when the socket takes only part of one", function()
+    local got = {}
+    local tx, rx = pair(got)
+    local sent = {}
+    local function send(v)
+      assert(tx:send(v) ~= nil)
+      sent[#sent + 1] = v
+    end
+    -- Bigger than the socket's buffer: the first is written in part and
+    -- the rest of it queued; the others queue behind it.
+    for i = 1, 6 do
+      send(string.rep(string.char(64 + i), 300000 + i))
+      send(i)
+      send(string.rep(string.char(96 + i), 65536))
+    end
+    assert.is_true(helper.wait(function() return #got == #sent end, 10000), "got " .. #got .. " of " .. #sent)
+    for i = 1, #sent do
+      assert.equal(sent[i], got[i][1], "message " .. i)
+    end
+    tx:close()
+    rx:close()
+    helper.wait(function() return got.closed end, 1000)
+  end)
+
   it("delivers the rest of a batch in order, and all of it, when a listener drains the channel", function()
     local got = {}
     local drained = false
