@@ -671,17 +671,20 @@ static int l_next(lua_State *L) {
   return 5;
 }
 
-/* ch:take(t) -> n, more
+/* ch:take(t) -> n, more[, value]
  * Decodes the whole frames at the head of the input that are plain user
- * messages (not internal, no fd, a small payload, not nil) into t[1..n], at most
+ * messages (not internal, no fd, a small payload, not nil), at most
  * TAKE_MAX of them, in order: one call per batch rather than one next()
- * per message. n is 0 when the head frame is anything else, or not all in
- * yet: next() deals with it (and reports what is wrong with it). `more` is
- * false when no byte is left unparsed (no next() needed to learn it). */
+ * per message. One alone is returned as `value` (a round trip's message:
+ * no table work); two or more go to t[1..n]. n is 0 when the head frame
+ * is anything else, or not all in yet: next() deals with it (and reports
+ * what is wrong with it). `more` is false when no byte is left unparsed
+ * (no next() needed to learn it). */
 #define TAKE_MAX 64
 static int l_take(lua_State *L) {
   channel *ch = check_channel(L);
   luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
   lua_Integer n = 0;
   while (n < TAKE_MAX) {
     frame_header h;
@@ -695,14 +698,21 @@ static int l_take(lua_State *L) {
       lua_pop(L, 1); /* malformed: left for next() */
       break;
     }
-    lua_rawseti(L, 2, ++n);
     ch->in_head += FRAME_HEADER_SIZE + h.payload_len;
+    if (++n == 1) continue; /* the first stays at index 3 */
+    if (n == 2) {           /* a batch: the first goes to t too */
+      lua_pushvalue(L, 3);
+      lua_rawseti(L, 2, 1);
+    }
+    lua_rawseti(L, 2, n);
   }
   int more = ch->in_head < ch->in.len;
   if (!more) ch->in_head = ch->in.len = 0;
   lua_pushinteger(L, n);
   lua_pushboolean(L, more);
-  return 2;
+  if (n != 1) return 2;
+  lua_pushvalue(L, 3);
+  return 3;
 }
 
 static int64_t now_ms(void) {

@@ -331,34 +331,44 @@ function Channel:request(message, is_reply, timeout_ms)
 end
 
 -- Dispatch the whole frames in the receive buffer; false when the
--- channel closed on the way. Plain messages come from core take() in
--- batches (one C call for many) into self.batch[1..batch_n], whatever
--- else is at the head of the buffer from next(). A listener that comes
--- back here for this channel (a drain() on the way) first dispatches what
--- is left of the batch, in order: an entry is set to nil once dispatched
--- (take() never gives a nil message), and the outer call skips it.
+-- channel closed on the way. Plain messages come from core take(): one
+-- alone as a value, more in a batch in self.batch[1..batch_n] (one C call
+-- for many); whatever else is at the head of the buffer comes from
+-- next(). A listener that comes back here for this channel (a drain() on
+-- the way) first dispatches what is left of the batch, in order: an entry
+-- is set to nil once dispatched (take() never gives a nil message), and
+-- the outer call skips it.
 function Channel:_parse()
   local ch, batch = self.core, self.batch
   local on_message = self.owner.on_message
-  local n, more = self.batch_n, true
+  local n, more, value = self.batch_n, true
   while true do
-    for i = 1, n do
-      local value = batch[i]
-      if value ~= nil then
-        batch[i] = nil
-        on_message(value, false, nil)
-        if not self.open then return false end
+    if n > 0 then
+      for i = 1, n do
+        value = batch[i]
+        if value ~= nil then
+          batch[i] = nil
+          on_message(value, false, nil)
+          if not self.open then return false end
+        end
       end
+      self.batch_n = 0
     end
-    if not more then break end -- the batch emptied the buffer
-    n, more = core_take(ch, batch)
-    self.batch_n = n
-    if n == 0 then
-      local has, value, internal, kind, fd = core_next(ch)
+    if not more then return true end -- what was taken emptied the buffer
+    n, more, value = core_take(ch, batch)
+    if n == 1 then
+      n = 0
+      on_message(value, false, nil)
+      if not self.open then return false end
+    elseif n > 1 then
+      self.batch_n = n
+    else
+      local has, internal, kind, fd
+      has, value, internal, kind, fd = core_next(ch)
       if has == true and not kind then
         on_message(value, internal, nil)
       elseif has == false then
-        break
+        return true
       elseif has == nil then
         self:_fail(value, "EPROTO")
         return false
@@ -369,8 +379,6 @@ function Channel:_parse()
       more = true
     end
   end
-  self.batch_n = 0
-  return true
 end
 
 parse_channel = Channel._parse
