@@ -31,9 +31,11 @@
 /* A flush moves at most this much per sendmsg so one huge message cannot
  * starve the loop. */
 #define WRITE_CHUNK (4 * 1024 * 1024)
-/* Past the high-water mark, a send writes through at most once per this
- * many newly queued bytes: the reader works while the burst goes on, and a
- * full socket costs one failed write per step, not one per message. */
+/* A burst of sends writes through once this many bytes are unsent (or
+ * sendHighWaterMark, if lower), then at most once per this many newly
+ * queued bytes: the reader works while the burst goes on rather than after
+ * it, and a full socket costs one failed write per step, not one per
+ * message. Smaller bursts go out in one write per loop turn (the flush). */
 #define WRITE_THROUGH_STEP (64 * 1024)
 /* Queue and receive buffer memory kept after a peak. */
 #define KEEP_BYTES (1024 * 1024)
@@ -99,6 +101,11 @@ static channel *check_channel(lua_State *L) {
   return ch;
 }
 
+/* Unsent bytes at which the first send of a burst writes through. */
+static size_t first_through(const channel *ch) {
+  return ch->high_water < WRITE_THROUGH_STEP ? ch->high_water : WRITE_THROUGH_STEP;
+}
+
 static int set_fd_flags(int fd) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
@@ -136,7 +143,7 @@ static int l_channel(lua_State *L) {
   ch->max_payload = (size_t)max;
   ch->high_water = (size_t)high;
   ch->max_queue = (size_t)queue;
-  ch->through_at = ch->high_water;
+  ch->through_at = first_through(ch);
   luaL_setmetatable(L, CHANNEL_MT);
   return 1;
 }
@@ -274,6 +281,53 @@ static int push_refused(lua_State *L, const char *what, int err) {
   return 3;
 }
 
+/* A string at least this long sent on a channel with nothing unsent (the
+ * send would write through at once anyway) is written from the Lua string
+ * itself, with its frame header alongside: no copy into the queue unless
+ * the socket leaves some of it. */
+#define DIRECT_MIN WRITE_THROUGH_STEP
+
+/* send() of the string s (of len bytes, an encoding of at most
+ * max_payload) on a channel with nothing unsent, no fd with it. Returns
+ * send()'s results. */
+static int send_direct(lua_State *L, channel *ch, int internal, const char *s, size_t len) {
+  unsigned char head[FRAME_HEADER_SIZE + CODEC_STRING_HEAD_MAX];
+  size_t hlen = FRAME_HEADER_SIZE + codec_string_head(head + FRAME_HEADER_SIZE, len);
+  size_t total = hlen + len;
+  /* Room for all of it first: once a byte is written the rest must queue. */
+  ch->out_head = ch->out.len = 0;
+  if (buffer_reserve(&ch->out, total) != 0)
+    return push_refused(L, "not enough memory to queue the message", ENOMEM);
+  frame_write_header((char *)head, (uint32_t)(total - FRAME_HEADER_SIZE), internal, FRAME_FD_NONE);
+  struct iovec iov[2] = {{head, hlen}, {(void *)s, len}};
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+  ssize_t n;
+  do n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    /* As a send that writes through: the message is queued, and the next
+     * flush reports the error. */
+    if (errno != EAGAIN && errno != EWOULDBLOCK) ch->write_err = errno;
+    n = 0;
+  }
+  size_t sent = (size_t)n;
+  ch->out_sent += sent;
+  if (sent < hlen) {
+    memcpy(ch->out.data, head + sent, hlen - sent);
+    memcpy(ch->out.data + (hlen - sent), s, len);
+    ch->out.len = total - sent;
+  } else if (sent < total) {
+    memcpy(ch->out.data, s + (sent - hlen), total - sent);
+    ch->out.len = total - sent;
+  }
+  size_t pending = unsent(ch);
+  if (pending == 0) buffer_trim(&ch->out, KEEP_BYTES);
+  ch->through_at = pending + WRITE_THROUGH_STEP;
+  lua_pushinteger(L, (lua_Integer)(ch->out_sent + pending));
+  lua_pushboolean(L, pending >= ch->high_water);
+  return 2;
+}
+
 /* ch:send(value, internal[, fd_kind, fd[, take]])
  *   -> end_offset, above_high_water | nil, err, ENAME
  * Raises when the value cannot be sent (a function, a cycle, over
@@ -302,6 +356,14 @@ static int l_send(lua_State *L) {
   size_t pending = unsent(ch);
   if (pending >= ch->max_queue)
     return push_refused(L, "send queue full (maxQueueSize bytes unwritten)", ENOBUFS);
+  if (pending == 0 && fd < 0 && lua_type(L, 2) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+    /* Anything over maxMessageSize goes the usual way, to its error. */
+    if (len >= DIRECT_MIN && ch->max_payload >= CODEC_STRING_HEAD_MAX &&
+        len <= ch->max_payload - CODEC_STRING_HEAD_MAX)
+      return send_direct(L, ch, internal, s, len);
+  }
   if (!take && fd >= 0) {
     fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) return push_refused(L, "cannot duplicate the handle's file descriptor", errno);
@@ -350,7 +412,6 @@ static int l_send(lua_State *L) {
     if (err) ch->write_err = err; /* this message is queued; the next flush reports it */
     pending = unsent(ch);
     ch->through_at = pending + WRITE_THROUGH_STEP;
-    if (ch->through_at < ch->high_water) ch->through_at = ch->high_water;
   }
   lua_pushinteger(L, (lua_Integer)(ch->out_sent + pending));
   lua_pushboolean(L, pending >= ch->high_water);
@@ -367,7 +428,7 @@ static int l_flush(lua_State *L) {
     return core_push_errno(L, "channel write", err);
   }
   size_t pending = unsent(ch);
-  ch->through_at = pending > ch->high_water ? pending + WRITE_THROUGH_STEP : ch->high_water;
+  ch->through_at = pending > 0 ? pending + WRITE_THROUGH_STEP : first_through(ch);
   lua_pushinteger(L, (lua_Integer)ch->out_sent);
   lua_pushinteger(L, (lua_Integer)pending);
   return 2;
@@ -610,6 +671,50 @@ static int l_next(lua_State *L) {
   return 5;
 }
 
+/* ch:take(t) -> n, more[, value]
+ * Decodes the whole frames at the head of the input that are plain user
+ * messages (not internal, no fd, a small payload, not nil), at most
+ * TAKE_MAX of them, in order: one call per batch rather than one next()
+ * per message. One alone is returned as `value` (a round trip's message:
+ * no table work); two or more go to t[1..n]. n is 0 when the head frame
+ * is anything else, or not all in yet: next() deals with it (and reports
+ * what is wrong with it). `more` is false when no byte is left unparsed
+ * (no next() needed to learn it). */
+#define TAKE_MAX 64
+static int l_take(lua_State *L) {
+  channel *ch = check_channel(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_Integer n = 0;
+  while (n < TAKE_MAX) {
+    frame_header h;
+    const char *p = ch->in.data + ch->in_head;
+    if (frame_parse(p, ch->in.len - ch->in_head, ch->max_payload, &h) != FRAME_OK) break;
+    if (h.internal || h.fd_kind != FRAME_FD_NONE || h.payload_len >= PROTECTED_DECODE_MIN) break;
+    /* A nil message (its payload is the nil tag alone) goes through next():
+     * in t, nil marks an entry already dispatched. */
+    if (h.payload_len == 1 && p[FRAME_HEADER_SIZE] == 0) break;
+    if (codec_decode(L, p + FRAME_HEADER_SIZE, h.payload_len) != 0) {
+      lua_pop(L, 1); /* malformed: left for next() */
+      break;
+    }
+    ch->in_head += FRAME_HEADER_SIZE + h.payload_len;
+    if (++n == 1) continue; /* the first stays at index 3 */
+    if (n == 2) {           /* a batch: the first goes to t too */
+      lua_pushvalue(L, 3);
+      lua_rawseti(L, 2, 1);
+    }
+    lua_rawseti(L, 2, n);
+  }
+  int more = ch->in_head < ch->in.len;
+  if (!more) ch->in_head = ch->in.len = 0;
+  lua_pushinteger(L, n);
+  lua_pushboolean(L, more);
+  if (n != 1) return 2;
+  lua_pushvalue(L, 3);
+  return 3;
+}
+
 static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -652,7 +757,7 @@ void channel_open(lua_State *L) {
       {"send", l_send},   {"flush", l_flush},     {"read", l_read},
       {"next", l_next},   {"fileno", l_fileno},   {"watch", l_watch},
       {"pending", l_pending}, {"close", l_close}, {"is_closed", l_is_closed},
-      {"wait", l_wait},   {NULL, NULL}};
+      {"wait", l_wait},   {"take", l_take},           {NULL, NULL}};
   luaL_newmetatable(L, CHANNEL_MT);
   luaL_newlib(L, methods);
   /* Also core.channel_methods: the Lua hot paths call these directly. */

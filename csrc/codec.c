@@ -201,15 +201,19 @@ static int enc_string(encoder *e, const char *s, size_t len) {
     return enc_over_limit(e, size + head + len);
   unsigned char *p = enc_room(e, head + len);
   if (!p) return enc_oom(e);
-  if (len <= SHORTSTR_MAX) {
-    p[0] = (unsigned char)(TAG_SHORTSTR + len);
-  } else {
-    p[0] = TAG_STR;
-    put_varint(p + 1, len);
-  }
+  codec_string_head(p, len);
   memcpy(p + head, s, len);
   e->out->len += head + len;
   return 0;
+}
+
+size_t codec_string_head(unsigned char *out, size_t len) {
+  if (len <= SHORTSTR_MAX) {
+    out[0] = (unsigned char)(TAG_SHORTSTR + len);
+    return 1;
+  }
+  out[0] = TAG_STR;
+  return 1 + put_varint(out + 1, len);
 }
 
 /* Prepend text to the key path of an error report. */
@@ -357,6 +361,56 @@ static int enc_table(encoder *e, int idx) {
 
   e->tables[e->depth++] = self;
   int top = lua_gettop(L);
+  uint64_t count = 0;
+
+  /* One traversal: lua_next nearly always yields the keys 1..narr first
+   * and in order (a table's array part), so they are written as they come,
+   * then the pairs. A table whose traversal does not start that way (a
+   * hole, array keys kept in the hash part, a key 0) is written again, in
+   * two passes: the same bytes either way. */
+  lua_Unsigned done = 0; /* array entries written */
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int key = top + 1, val = top + 2;
+    int kt = lua_type(L, key);
+    if (kt == LUA_TNUMBER && lua_isinteger(L, key)) {
+      lua_Integer k = lua_tointeger(L, key);
+      if (k >= 1 && (lua_Unsigned)k <= narr) {
+        if ((lua_Unsigned)k != done + 1) goto two_passes;
+        if (enc_value(e, val, lua_type(L, val)) != 0) {
+          path_add_index(e, (lua_Unsigned)k);
+          return -1;
+        }
+        done++;
+        lua_settop(L, key);
+        continue;
+      }
+    }
+    if (done < narr) goto two_passes;
+    if (kt != LUA_TBOOLEAN && kt != LUA_TNUMBER && kt != LUA_TSTRING &&
+        kt != LUA_TTABLE)
+      return enc_fail(e, PATH_OF_TABLE, "cannot send %s as a table key",
+                      unsendable_kind(L, key));
+    if (enc_value(e, key, kt) != 0) {
+      path_add_key(e, key);
+      return -1;
+    }
+    if (enc_value(e, val, lua_type(L, val)) != 0) {
+      path_add_key(e, key);
+      return -1;
+    }
+    count++;
+    lua_settop(L, key);
+  }
+  if (done == narr) {
+    e->depth--;
+    return enc_patch_count(e, count_at, count);
+  }
+
+two_passes:
+  lua_settop(L, top);
+  e->out->len = count_at + 1; /* back to just after the header */
+  count = 0;
   lua_Unsigned nils = 0;
   for (lua_Unsigned i = 1; i <= narr; i++) {
     int type = lua_rawgeti(L, idx, (lua_Integer)i);
@@ -375,7 +429,6 @@ static int enc_table(encoder *e, int idx) {
     }
     lua_settop(L, top);
   }
-  uint64_t count = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int key = top + 1, val = top + 2;
@@ -504,13 +557,17 @@ static inline int dec_varint(decoder *d, uint64_t *v) {
   return dec_varint_slow(d, v);
 }
 
+/* What dec_value pushed, so that its callers need no lua_type(): -1 is an
+ * error (nothing pushed). Only a float can be nan. */
+enum { DEC_NIL = 0, DEC_VALUE = 1, DEC_FLOAT = 2 };
+
 static int dec_value(decoder *d);
 
 static int dec_string(decoder *d, size_t len, const unsigned char *at) {
   if (len > dec_room(d)) return dec_fail(d, "string longer than the input", at);
   lua_pushlstring(d->L, (const char *)d->p, len);
   d->p += len;
-  return 0;
+  return DEC_VALUE;
 }
 
 static int dec_table(decoder *d, const unsigned char *at) {
@@ -531,8 +588,9 @@ static int dec_table(decoder *d, const unsigned char *at) {
   lua_createtable(L, (int)narr, (int)nhash);
   for (uint64_t i = 1; i <= narr; i++) {
     d->owed--;
-    if (dec_value(d) != 0) return -1;
-    if (lua_type(L, -1) == LUA_TNIL)
+    int got = dec_value(d);
+    if (got < 0) return -1;
+    if (got == DEC_NIL)
       lua_pop(L, 1);
     else
       lua_rawseti(L, -2, (lua_Integer)i);
@@ -540,22 +598,22 @@ static int dec_table(decoder *d, const unsigned char *at) {
   for (uint64_t i = 0; i < nhash; i++) {
     const unsigned char *key_at = d->p;
     d->owed--;
-    if (dec_value(d) != 0) return -1;
-    int kt = lua_type(L, -1);
-    if (kt == LUA_TNIL) return dec_fail(d, "nil table key", key_at);
-    if (kt == LUA_TNUMBER) {
+    int got = dec_value(d);
+    if (got < 0) return -1;
+    if (got == DEC_NIL) return dec_fail(d, "nil table key", key_at);
+    if (got == DEC_FLOAT) {
       lua_Number k = lua_tonumber(L, -1);
       if (k != k) return dec_fail(d, "nan table key", key_at);
     }
     const unsigned char *val_at = d->p;
     d->owed--;
-    if (dec_value(d) != 0) return -1;
-    if (lua_type(L, -1) == LUA_TNIL)
-      return dec_fail(d, "nil table value", val_at);
+    got = dec_value(d);
+    if (got < 0) return -1;
+    if (got == DEC_NIL) return dec_fail(d, "nil table value", val_at);
     lua_rawset(L, -3);
   }
   d->depth--;
-  return 0;
+  return DEC_VALUE;
 }
 
 static int dec_value(decoder *d) {
@@ -565,13 +623,13 @@ static int dec_value(decoder *d) {
   unsigned tag = *d->p++;
   if (tag >= TAG_SMALLINT) {
     lua_pushinteger(L, (lua_Integer)tag - SMALLINT_BIAS);
-    return 0;
+    return DEC_VALUE;
   }
   if (tag >= TAG_SHORTSTR) return dec_string(d, tag - TAG_SHORTSTR, at);
   switch (tag) {
-  case TAG_NIL: lua_pushnil(L); return 0;
-  case TAG_FALSE: lua_pushboolean(L, 0); return 0;
-  case TAG_TRUE: lua_pushboolean(L, 1); return 0;
+  case TAG_NIL: lua_pushnil(L); return DEC_NIL;
+  case TAG_FALSE: lua_pushboolean(L, 0); return DEC_VALUE;
+  case TAG_TRUE: lua_pushboolean(L, 1); return DEC_VALUE;
   case TAG_FLOAT: {
     if (d->end - d->p < 8) return dec_fail(d, "truncated float", at);
     uint64_t bits = 0;
@@ -580,13 +638,13 @@ static int dec_value(decoder *d) {
     double x;
     memcpy(&x, &bits, 8);
     lua_pushnumber(L, (lua_Number)x);
-    return 0;
+    return DEC_FLOAT;
   }
   case TAG_INT: {
     uint64_t u;
     if (dec_varint(d, &u) != 0) return -1;
     lua_pushinteger(L, unzigzag(u));
-    return 0;
+    return DEC_VALUE;
   }
   case TAG_STR: {
     uint64_t len;
@@ -607,7 +665,7 @@ int codec_decode(lua_State *L, const char *data, size_t len) {
   d.owed = 0;
   d.depth = 0;
   int top = lua_gettop(L);
-  if (dec_value(&d) == 0) {
+  if (dec_value(&d) >= 0) {
     if (d.p == d.end) return 0;
     dec_fail(&d, "trailing bytes after the value", d.p);
   }

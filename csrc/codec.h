@@ -27,6 +27,14 @@ enum codec_status {
  * really has, never its border #t (see enc_table). */
 int codec_encode(lua_State *L, int idx, buffer *out, size_t limit);
 
+/* The most bytes codec_string_head writes. */
+#define CODEC_STRING_HEAD_MAX 11
+
+/* Write the bytes that come before the contents of a string of len bytes
+ * in its encoding (its tag and length) to out; returns how many. The
+ * encoding of the string is these bytes, then the string's own. */
+size_t codec_string_head(unsigned char *out, size_t len);
+
 /* Decode exactly len bytes as one value. Returns 0 and pushes the value,
  * or returns -1 and pushes an error message string. Any input is safe:
  * malformed bytes give -1, never a crash or an unbounded allocation. */

@@ -105,3 +105,117 @@ describe("the channel", function()
     assert.matches("error in a 'message' listener", err_text, 1, true)
   end)
 end)
+
+-- Both ends of a channel in this process, over a socketpair: what one
+-- burst of sends looks like to the receiving side's dispatch (plain
+-- messages come in batches, the rest one by one).
+describe("a channel's receiving side", function()
+  local uv = require("luv")
+  local Channel = require("cluster.channel")
+  local core = require("cluster.core")
+  local LIMITS = { maxMessageSize = 1024 * 1024, sendHighWaterMark = 1024 * 1024, maxQueueSize = 64 * 1024 * 1024 }
+
+  -- Returns the sending channel and the receiving one; got is filled with
+  -- { value, internal, handle } per message; hook(value, rx) runs for each.
+  local function pair(got, hook)
+    local fds = assert(uv.socketpair("stream", 0, { nonblock = true }, { nonblock = true }))
+    local quiet = { on_message = function() end, on_error = function() end, on_dropped = function() end,
+      on_drain = function() end, on_close = function() end }
+    local tx = assert(Channel.open(fds[1], LIMITS, quiet))
+    local rx
+    rx = assert(Channel.open(fds[2], LIMITS, {
+      on_message = function(value, internal, handle)
+        got[#got + 1] = { value, internal, handle }
+        if hook then hook(value, rx) end
+      end,
+      on_error = function(err) error("on_error: " .. tostring(err)) end,
+      on_dropped = function(err) error("on_dropped: " .. tostring(err)) end,
+      on_drain = function() end,
+      on_close = function() got.closed = true end,
+    }))
+    return tx, rx
+  end
+
+  it("keeps the order of plain, nil, internal, fd-carrying and large messages in one burst", function()
+    local got = {}
+    local tx, rx = pair(got)
+    local big = string.rep("x", 8192)
+    local fds = assert(uv.socketpair("stream", 0, {}, {}))
+    local sent = 0
+    local function send(v, internal, kind, fd)
+      assert(tx:send(v, internal, kind, fd) ~= nil)
+      sent = sent + 1
+    end
+    for i = 1, 100 do send({ i = i }) end
+    send(nil)
+    send({ i = 101 })
+    send("internal", true)
+    send(false)
+    send(big)
+    send({ i = 102 }, false, core.FD_KIND.RAW, fds[1])
+    for i = 103, 300 do send(i) end
+    assert.is_true(helper.wait(function() return #got == sent end, 5000), "got " .. #got .. " of " .. sent)
+    for i = 1, 100 do assert.same({ i = i }, got[i][1]) end
+    assert.is_nil(got[101][1])
+    assert.same({ i = 101 }, got[102][1])
+    assert.same({ "internal", true }, { got[103][1], got[103][2] })
+    assert.is_false(got[104][1])
+    assert.equal(big, got[105][1])
+    assert.same({ i = 102 }, got[106][1])
+    assert.is_number(got[106][3])
+    core.close(got[106][3])
+    for i = 103, 300 do assert.equal(i, got[i + 4][1]) end
+    for i = 1, #got do
+      if i ~= 103 then assert.is_false(got[i][2]) end
+    end
+    tx:close()
+    rx:close()
+    core.close(fds[1])
+    core.close(fds[2])
+    helper.wait(function() return got.closed end, 1000)
+  end)
+
+  it("keeps large strings whole and in order when the socket takes only part of one", function()
+    local got = {}
+    local tx, rx = pair(got)
+    local sent = {}
+    local function send(v)
+      assert(tx:send(v) ~= nil)
+      sent[#sent + 1] = v
+    end
+    -- Bigger than the socket's buffer: the first is written in part and
+    -- the rest of it queued; the others queue behind it.
+    for i = 1, 6 do
+      send(string.rep(string.char(64 + i), 300000 + i))
+      send(i)
+      send(string.rep(string.char(96 + i), 65536))
+    end
+    assert.is_true(helper.wait(function() return #got == #sent end, 10000), "got " .. #got .. " of " .. #sent)
+    for i = 1, #sent do
+      assert.equal(sent[i], got[i][1], "message " .. i)
+    end
+    tx:close()
+    rx:close()
+    helper.wait(function() return got.closed end, 1000)
+  end)
+
+  it("delivers the rest of a batch in order, and all of it, when a listener drains the channel", function()
+    local got = {}
+    local drained = false
+    local tx = pair(got, function(value, rx)
+      if value == 5 and not drained then
+        drained = true
+        rx:drain() -- comes back into the dispatch, then closes
+      end
+    end)
+    for i = 1, 50 do assert(tx:send(i)) end
+    tx:flush_now()
+    assert.is_true(helper.wait(function() return got.closed end, 5000))
+    local values = {}
+    for i = 1, #got do values[i] = got[i][1] end
+    local want = {}
+    for i = 1, 50 do want[i] = i end
+    assert.same(want, values)
+    tx:close()
+  end)
+end)

@@ -186,6 +186,22 @@ describe("codec", function()
       assert_round_trips(sparse)
     end)
 
+    it("an array whose entries sit in the hash part, or in no order, encodes as the same array", function()
+      local forward, backward = {}, {}
+      for i = 1, 50 do forward[i] = i * 3 end
+      for i = 50, 1, -1 do backward[i] = i * 3 end
+      assert.equals(encode(forward), encode(backward))
+      local expected = TAG_TABLE .. varint(50) .. varint(0)
+      for i = 1, 50 do expected = expected .. encode(i * 3) end
+      assert.equals(expected, encode(backward))
+      -- with pairs and key 0 too: every entry arrives once
+      local mixed = { [0] = "zero", k = "v" }
+      for i = 20, 1, -1 do mixed[i] = i end
+      mixed[1.5] = "x"
+      local out = assert_round_trips(mixed)
+      assert.equals(20, #out)
+    end)
+
     it("keys of every sendable type", function()
       local key_table = { 1, 2 }
       local t = { 10, 20, 30,

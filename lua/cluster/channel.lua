@@ -1,7 +1,7 @@
 -- Wires a cluster.core channel into the luv loop: a poll handle on its fd,
 -- one prepare handle that flushes every channel with queued frames right
 -- before the loop blocks (so a burst of sends becomes one write; a burst
--- past the high-water mark also writes through as it goes, in C), the
+-- past 64 KiB also writes through as it goes, in C), the
 -- 'drain' of a backlog, and the dispatch of received frames to the
 -- owner's callbacks.
 
@@ -13,7 +13,9 @@ local compat = require("cluster.compat")
 
 local FD_KIND = core.FD_KIND
 -- Called directly on the hot paths, without a method lookup per message.
-local core_send, core_next = core.channel_methods.send, core.channel_methods.next
+local methods = core.channel_methods
+local core_send, core_next, core_take, core_flush, core_read =
+  methods.send, methods.next, methods.take, methods.flush, methods.read
 
 local Channel = {}
 Channel.__index = Channel
@@ -22,39 +24,67 @@ Channel.__index = Channel
 -- that dies with our messages unread resets the connection.
 local PEER_GONE = { EOF = true, ECONNRESET = true, EPIPE = true }
 
--- Channels with frames not yet handed to the kernel. A flush runs send
--- callbacks, which may send again: those land in `dirty` anew, and an idle
--- handle keeps the loop from blocking until they are out.
-local dirty, flushing = {}, {}
+-- Channel:_flush, _read, _parse and _on_poll, called on the hot paths as
+-- locals: a method call looks the name up through the metatable each time.
+local flush_channel, read_channel, parse_channel, on_poll
+
+-- Channels with frames not yet handed to the kernel: the set `dirty`
+-- (what a send asks) and, in the order they were marked, the list
+-- marked[1..nmarked] (what a flush walks: no next() on the set, a call of
+-- a few hundred instructions each). A channel closed or flushed outside
+-- the flush leaves the set at once and its list entry stays, skipped. A
+-- flush runs send callbacks, which may send again: those land in a fresh
+-- list, and an idle handle keeps the loop from blocking until they are out.
+--
+-- The prepare handle runs on every loop turn once made, unreferenced (it
+-- keeps no loop alive: a dirty channel's own poll handle does): on a
+-- turn with nothing queued it costs one call, where starting it on the
+-- first send of a turn and stopping it again after the flush cost three
+-- luv calls on every turn that sends (a round trip's hop).
+local dirty = {}
+local marked, nmarked, spare = {}, 0, {}
 local flusher, waker -- uv prepare and idle handles, made on the first send
+local waking = false -- the idle handle is started
+
+local function noop() end
+
+local flushing = false -- flush_dirty is walking a list (spare is in use)
 
 local function flush_dirty()
-  local n = 0
-  for ch in pairs(dirty) do
-    n = n + 1
-    flushing[n] = ch
-    dirty[ch] = nil
+  local list, n = marked, nmarked
+  if n > 0 and not flushing then
+    flushing = true
+    marked, nmarked, spare = spare, 0, list
+    for i = 1, n do
+      local ch = list[i]
+      list[i] = nil
+      if dirty[ch] then
+        dirty[ch] = nil
+        flush_channel(ch)
+      end
+    end
+    flushing = false
   end
-  for i = 1, n do
-    local ch = flushing[i]
-    flushing[i] = nil
-    ch:_flush()
-  end
-  if next(dirty) == nil then
-    flusher:stop()
-    waker:stop()
-  else
-    waker:start(function() end)
+  if nmarked == 0 then
+    if waking then
+      waking = false
+      waker:stop()
+    end
+  elseif not waking then
+    waking = true
+    waker:start(noop)
   end
 end
 
 local function mark_dirty(ch)
-  if dirty[ch] then return end
   dirty[ch] = true
+  local n = nmarked + 1
+  marked[n], nmarked = ch, n
   if not flusher then
     flusher, waker = uv.new_prepare(), uv.new_idle()
+    flusher:start(flush_dirty)
+    flusher:unref()
   end
-  flusher:start(flush_dirty)
 end
 
 -- For Worker:send's fast path, which queues a plain message without going
@@ -132,8 +162,10 @@ function Channel.open(fd, limits, owner)
     closed = false,
     closing = false,
     writing = false, -- the poll also wakes for writability
+    batch = {}, -- plain messages from core take(), [1..batch_n] (nil: dispatched)
+    batch_n = 0,
   }, Channel)
-  poll:start("r", function(perr) self:_on_poll(perr) end)
+  poll:start("r", function(perr) on_poll(self, perr) end)
   return self
 end
 
@@ -191,7 +223,7 @@ end
 
 function Channel:_flush()
   if self.closed then return end
-  local written, pending, code = self.core:flush()
+  local written, pending, code = core_flush(self.core)
   if not written then
     if PEER_GONE[code] then self:close() else self:_fail(pending, code) end
     return
@@ -217,10 +249,12 @@ function Channel:_flush()
     self:_watch(true)
   elseif self.closing then
     self:close()
-  else
+  elseif self.writing then
     self:_watch(false)
   end
 end
+
+flush_channel = Channel._flush
 
 -- Deliver one frame as core next() gave it (has = true or "dropped").
 function Channel:_deliver(has, value, internal, kind, fd)
@@ -297,25 +331,57 @@ function Channel:request(message, is_reply, timeout_ms)
 end
 
 -- Dispatch the whole frames in the receive buffer; false when the
--- channel closed on the way.
+-- channel closed on the way. Plain messages come from core take(): one
+-- alone as a value, more in a batch in self.batch[1..batch_n] (one C call
+-- for many); whatever else is at the head of the buffer comes from
+-- next(). A listener that comes back here for this channel (a drain() on
+-- the way) first dispatches what is left of the batch, in order: an entry
+-- is set to nil once dispatched (take() never gives a nil message), and
+-- the outer call skips it.
 function Channel:_parse()
-  local ch, owner = self.core, self.owner
-  local on_message = owner.on_message
+  local ch, batch = self.core, self.batch
+  local on_message = self.owner.on_message
+  local n, more, value = self.batch_n, true
   while true do
-    local has, value, internal, kind, fd = core_next(ch)
-    if has == true and not kind then
-      on_message(value, internal, nil)
-    elseif has == false then
-      return true
-    elseif has == nil then
-      self:_fail(value, "EPROTO")
-      return false
-    else
-      self:_deliver(has, value, internal, kind, fd)
+    if n > 0 then
+      for i = 1, n do
+        value = batch[i]
+        if value ~= nil then
+          batch[i] = nil
+          on_message(value, false, nil)
+          if not self.open then return false end
+        end
+      end
+      self.batch_n = 0
     end
-    if not self.open then return false end
+    if not more then return true end -- what was taken emptied the buffer
+    n, more, value = core_take(ch, batch)
+    if n == 1 then
+      n = 0
+      on_message(value, false, nil)
+      if not self.open then return false end
+    elseif n > 1 then
+      self.batch_n = n
+    else
+      local has, internal, kind, fd
+      has, value, internal, kind, fd = core_next(ch)
+      if has == true and not kind then
+        on_message(value, internal, nil)
+      elseif has == false then
+        return true
+      elseif has == nil then
+        self:_fail(value, "EPROTO")
+        return false
+      else
+        self:_deliver(has, value, internal, kind, fd)
+      end
+      if not self.open then return false end
+      more = true
+    end
   end
 end
+
+parse_channel = Channel._parse
 
 -- Reads and dispatches what is waiting, at most max_reads reads: a bound
 -- per wake-up keeps one busy peer from starving the loop. to_eof: read
@@ -325,7 +391,7 @@ function Channel:_read(max_reads, to_eof)
     -- A request() read ahead: first what it held, then what it left
     -- unparsed in the buffer.
     self:_dispatch_held()
-    if not self.open or not self:_parse() then return end
+    if not self.open or not parse_channel(self) then return end
   end
   local ch = self.core
   local more = true
@@ -333,7 +399,7 @@ function Channel:_read(max_reads, to_eof)
     -- A short read usually means the socket is empty (it can also stop at
     -- a frame carrying an fd: level-triggered polling brings us back).
     if not more and not to_eof then return end
-    local ok, err, code = ch:read()
+    local ok, err, code = core_read(ch)
     if ok == false then return end
     if ok == nil then
       if code == "ENOMEM" then -- one message dropped; the channel goes on
@@ -344,28 +410,36 @@ function Channel:_read(max_reads, to_eof)
       return
     end
     more = err -- read()'s second result: the buffer filled up
-    if not self:_parse() then return end
+    if not parse_channel(self) then return end
   end
 end
+
+read_channel = Channel._read
 
 -- The poll watches the channel's epoll fd, which says "something is
 -- ready", not what: flush when waiting to write, then read.
 function Channel:_on_poll(err)
   if self.closed then return end
   if err then return self:drain() end
-  if self.writing then self:_flush() end
+  if self.writing then flush_channel(self) end
   if not self.closed and not self.closing then
-    self:_read(4)
+    read_channel(self, 4)
     -- Replies sent by the listeners go out now rather than a loop turn
     -- later: a round trip costs one pass through the loop, not two.
-    if next(dirty) ~= nil then flush_dirty() end
+    if nmarked > 0 then flush_dirty() end
   end
 end
+
+on_poll = Channel._on_poll
 
 -- Dispatch everything the peer wrote before it went away (the worker's
 -- exit can be seen before its channel's EOF), then close.
 function Channel:drain()
   if self.closed or self.closing then return end
+  -- First what is read already: a listener may drain this channel in the
+  -- middle of a dispatch, with frames still unparsed (with held frames,
+  -- _read does this itself after them).
+  if not self.held and not self:_parse() then return end
   self:_read(math.huge, true)
   self:close()
 end
