@@ -2,6 +2,7 @@
 -- luacheck: ignore 122 (some specs replace io.stderr to catch what is reported there)
 local helper = require("helper")
 local cluster = require("cluster")
+local uv = require("luv")
 
 describe("the channel", function()
   it("writes a message sent from another message's write callback", function()
@@ -104,13 +105,52 @@ describe("the channel", function()
     assert.same({ "bad", "good" }, got)
     assert.matches("error in a 'message' listener", err_text, 1, true)
   end)
+
+  it("dispatches what a listener's bind read ahead of its reply before what came after the reply", function()
+    cluster.setup({ exec = helper.fixture("bind_in_listener"), args = {} })
+    local w = cluster.fork()
+    local report, online
+    w:on("message", function(m) report = m end)
+    w:on("online", function() online = true end)
+    assert.is_true(helper.wait(function() return online end, 5000))
+    -- Numbered messages go out on every loop turn, right after the poll
+    -- phase in which the master answers a bind, so the reply lands among
+    -- them (how many land after it in one read is up to the scheduler:
+    -- 20 binds make it likely).
+    local N, n = 6000, 0
+    w:send("bind")
+    local check, idle = uv.new_check(), uv.new_idle()
+    idle:start(function() end)
+    check:start(function()
+      for _ = 1, 20 do
+        if n == N then break end
+        n = n + 1
+        w:send(n)
+        if n % 300 == 0 and n < N then w:send("bind") end
+      end
+      if n == N then
+        check:close()
+        idle:close()
+        w:send("report")
+      end
+    end)
+    local ok = helper.wait(function() return report ~= nil end, 10000)
+    w:kill("SIGKILL")
+    assert.is_true(helper.wait(function() return w:isDead() end))
+    assert.is_true(ok, "no report")
+    local first_wrong
+    for i = 1, N do
+      if report.order[i] ~= i then first_wrong = i; break end
+    end
+    assert.is_nil(first_wrong, first_wrong and ("message %d arrived as %s (%d messages)"):format(first_wrong,
+      tostring(report.order[first_wrong]), #report.order))
+  end)
 end)
 
 -- Both ends of a channel in this process, over a socketpair: what one
 -- burst of sends looks like to the receiving side's dispatch (plain
 -- messages come in batches, the rest one by one).
 describe("a channel's receiving side", function()
-  local uv = require("luv")
   local Channel = require("cluster.channel")
   local core = require("cluster.core")
   local LIMITS = { maxMessageSize = 1024 * 1024, sendHighWaterMark = 1024 * 1024, maxQueueSize = 64 * 1024 * 1024 }

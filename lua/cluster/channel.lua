@@ -287,6 +287,12 @@ function Channel:_dispatch_held()
   end
 end
 
+-- Dispatch the held frames, then the buffer, on a later loop turn (no poll
+-- event will come for bytes already read).
+function Channel:_read_held_later()
+  defer.call(function() if self.open and self.held then self:_read(1) end end)
+end
+
 -- Send an internal message and block (outside the loop) until the frame
 -- for which is_reply(value, internal) is true arrives: a worker's bind
 -- must answer before it returns. Other frames that arrive meanwhile are
@@ -310,10 +316,9 @@ function Channel:request(message, is_reply, timeout_ms)
     elseif has == "dropped" and is_reply(kind, internal) then
       return nil, value -- kind: the value of the dropped frame
     elseif has == true and is_reply(value, internal) then
-      -- What it read past the reply waits for the loop (no poll event
-      -- will come for bytes already read).
+      -- What it read past the reply waits for the loop.
       self.held = self.held or {}
-      defer.call(function() if self.open and self.held then self:_read(1) end end)
+      self:_read_held_later()
       return value, fd
     elseif has then
       local held = self.held or {}
@@ -355,6 +360,12 @@ function Channel:_parse()
       self.batch_n = 0
     end
     if not more then return true end -- what was taken emptied the buffer
+    -- A listener's request() read ahead of its reply: the frames it held
+    -- came before what is left in the buffer, and go first.
+    if self.held then
+      self:_read_held_later()
+      return true
+    end
     n, more, value = core_take(ch, batch)
     if n == 1 then
       n = 0
