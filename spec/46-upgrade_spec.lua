@@ -311,6 +311,13 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
       .. " no upgrade yet"):format(r.pid), err[1])
     assert.is_nil(find(r, "upgrade: new runner %(pid %d+%)", (find(r, "upgrade: new runner"))
       + 1), dump(r))
+    -- SIGUSR2 to the old runner meanwhile is refused too, and says so.
+    uv.kill(r.pid, "sigusr2")
+    assert.is_true(helper.wait(function()
+      for _, l in ipairs(r.err_lines) do
+        if l == "luv-cluster: SIGUSR2 ignored: an upgrade is running already" then return true end
+      end
+    end, 5000), dump(r))
     -- The first upgrade goes on: the old runner leaves, the new one serves.
     os.remove(hold)
     assert.is_true(helper.wait(function() return first.exited and first.eof end, 10000))
