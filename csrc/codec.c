@@ -340,6 +340,31 @@ static size_t enc_table_header(encoder *e, lua_Unsigned narr) {
   return count_at;
 }
 
+/* The array index a key of a table with border narr stands for (1..narr),
+ * or 0 when it is a key/value pair's key. */
+static lua_Unsigned array_index(lua_State *L, int key, int kt,
+                                lua_Unsigned narr) {
+  if (kt != LUA_TNUMBER || !lua_isinteger(L, key)) return 0;
+  lua_Integer k = lua_tointeger(L, key);
+  return k >= 1 && (lua_Unsigned)k <= narr ? (lua_Unsigned)k : 0;
+}
+
+/* Write one key/value pair (the key at stack index key, its value just
+ * above it). */
+static int enc_pair(encoder *e, int key, int kt) {
+  lua_State *L = e->L;
+  if (kt != LUA_TBOOLEAN && kt != LUA_TNUMBER && kt != LUA_TSTRING &&
+      kt != LUA_TTABLE)
+    return enc_fail(e, PATH_OF_TABLE, "cannot send %s as a table key",
+                    unsendable_kind(L, key));
+  if (enc_value(e, key, kt) != 0 ||
+      enc_value(e, key + 1, lua_type(L, key + 1)) != 0) {
+    path_add_key(e, key);
+    return -1;
+  }
+  return 0;
+}
+
 static int enc_table(encoder *e, int idx) {
   lua_State *L = e->L;
   const void *self = lua_topointer(L, idx);
@@ -373,32 +398,19 @@ static int enc_table(encoder *e, int idx) {
   while (lua_next(L, idx)) {
     int key = top + 1, val = top + 2;
     int kt = lua_type(L, key);
-    if (kt == LUA_TNUMBER && lua_isinteger(L, key)) {
-      lua_Integer k = lua_tointeger(L, key);
-      if (k >= 1 && (lua_Unsigned)k <= narr) {
-        if ((lua_Unsigned)k != done + 1) goto two_passes;
-        if (enc_value(e, val, lua_type(L, val)) != 0) {
-          path_add_index(e, (lua_Unsigned)k);
-          return -1;
-        }
-        done++;
-        lua_settop(L, key);
-        continue;
+    lua_Unsigned k = array_index(L, key, kt, narr);
+    if (k) {
+      if (k != done + 1) goto two_passes;
+      if (enc_value(e, val, lua_type(L, val)) != 0) {
+        path_add_index(e, k);
+        return -1;
       }
+      done++;
+      lua_settop(L, key);
+      continue;
     }
     if (done < narr) goto two_passes;
-    if (kt != LUA_TBOOLEAN && kt != LUA_TNUMBER && kt != LUA_TSTRING &&
-        kt != LUA_TTABLE)
-      return enc_fail(e, PATH_OF_TABLE, "cannot send %s as a table key",
-                      unsendable_kind(L, key));
-    if (enc_value(e, key, kt) != 0) {
-      path_add_key(e, key);
-      return -1;
-    }
-    if (enc_value(e, val, lua_type(L, val)) != 0) {
-      path_add_key(e, key);
-      return -1;
-    }
+    if (enc_pair(e, key, kt) != 0) return -1;
     count++;
     lua_settop(L, key);
   }
@@ -431,27 +443,13 @@ two_passes:
   }
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    int key = top + 1, val = top + 2;
+    int key = top + 1;
     int kt = lua_type(L, key);
-    if (kt == LUA_TNUMBER && lua_isinteger(L, key)) {
-      lua_Integer k = lua_tointeger(L, key);
-      if (k >= 1 && (lua_Unsigned)k <= narr) { /* sent in the array part */
-        lua_settop(L, key);
-        continue;
-      }
+    if (array_index(L, key, kt, narr)) { /* sent in the array part */
+      lua_settop(L, key);
+      continue;
     }
-    if (kt != LUA_TBOOLEAN && kt != LUA_TNUMBER && kt != LUA_TSTRING &&
-        kt != LUA_TTABLE)
-      return enc_fail(e, PATH_OF_TABLE, "cannot send %s as a table key",
-                      unsendable_kind(L, key));
-    if (enc_value(e, key, kt) != 0) {
-      path_add_key(e, key);
-      return -1;
-    }
-    if (enc_value(e, val, lua_type(L, val)) != 0) {
-      path_add_key(e, key);
-      return -1;
-    }
+    if (enc_pair(e, key, kt) != 0) return -1;
     count++;
     lua_settop(L, key);
   }
