@@ -3,7 +3,6 @@
 -- (one at a time, each with its own jittered limit).
 local helper = require("helper")
 local uv = require("luv")
-local compat = require("cluster.compat")
 
 local util = dofile(helper.fixture("runner_util"))
 
@@ -357,107 +356,5 @@ describe("luv-cluster --pid-file", function()
     assert.matches("^luv%-cluster: %-%-pid%-file: cannot write " .. tmp:gsub("%p", "%%%0") .. "/no/such/dir%.pid: ",
       r.err_lines[1])
     assert.same({}, r.pids)
-  end)
-end)
-
--- Hot upgrade (luv-cluster upgrade, SIGUSR2): a new runner from the code
--- on disk inherits the listening sockets; the old one leaves once the new
--- one's workers are ready, or keeps serving if they fail.
-describe("luv-cluster upgrade", function()
-  local tmp, path, pid_file, version_file, new_pid
-
-  local function set_version(v) util.set_version(version_file, v) end
-
-  before_each(function()
-    tmp = assert(uv.fs_mkdtemp("/tmp/luv-cluster-upgrade-XXXXXX"))
-    path, pid_file, version_file = tmp .. "/control.sock", tmp .. "/runner.pid", tmp .. "/version"
-    set_version("v1")
-    new_pid = nil
-  end)
-
-  after_each(function()
-    -- The new runner is not our child: it is ended by the pid it reported.
-    if new_pid and helper.alive(new_pid) then uv.kill(new_pid, "sigkill") end
-    util.cleanup()
-    os.execute("rm -rf '" .. tmp .. "'")
-  end)
-
-  for _, policy in ipairs({ "rr", "shared" }) do
-    it("hands the port to a new runner, three times, with no failed request under load (" .. policy .. ")", function()
-      local port = helper.free_port()
-      local r = start({ "-w", "2", "--policy", policy, "--control", path, "--pid-file", pid_file,
-        "--stop-timeout", "5s", helper.fixture("sv_server"), tostring(port), version_file })
-      assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
-      assert.equal(r.pid .. "\n", read(pid_file))
-
-      local load = util.load(r, port)
-      -- Should an assertion fail, the clients end before the next case.
-      finally(load.stop)
-      assert.is_true(helper.wait(function() return load.outcomes.ok > 20 end, 5000))
-
-      -- Three generations: each upgrade's runner is upgraded in turn.
-      local UPGRADES = 3
-      local current = r.pid
-      local code, out, err
-      for k = 1, UPGRADES do
-        local version = "v" .. (k + 1)
-        set_version(version)
-        code, out, err = command({ "upgrade", "--control", path })
-        assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
-        new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
-        assert.is_truthy(new_pid, out[1])
-        -- The old runner stops; the pid file names the new one.
-        assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
-        if k == 1 then
-          assert.is_true(helper.wait(function() return r.exited end, 3000))
-          assert.equal(0, r.code, dump(r))
-        end
-        assert.equal(new_pid .. "\n", read(pid_file))
-        local before = load.versions[version] or 0
-        assert.is_true(helper.wait(function() return (load.versions[version] or 0) > before + 20 end, 5000))
-        current = new_pid
-      end
-      load.stop()
-
-      local failed, report = load.report()
-      local per = {}
-      for k = 1, UPGRADES + 1 do per[#per + 1] = ("v%d %d"):format(k, load.versions["v" .. k] or 0) end
-      print(("\n[upgrade, %s] %d upgrades, outcomes: %s (%s)"):format(policy, UPGRADES, report,
-        table.concat(per, ", ")))
-      assert.equal(0, failed, report .. "\n" .. dump(r))
-      assert.equal(UPGRADES, count(r, "upgrade: the new runner %(pid %d+%) is ready; this one stops"))
-
-      -- The new runner answers on the same control socket, and stops.
-      code, out = command({ "status", "--control", path })
-      assert.same({ 0, 3 }, { code, #out })
-      code = command({ "stop", "--control", path })
-      assert.equal(0, code)
-      assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.eof end, 10000), dump(r))
-      assert.is_nil(read(pid_file))
-      assert.is_nil(uv.fs_lstat(path))
-    end)
-  end
-
-  it("keeps the old runner serving when the new one's workers fail (SIGUSR2)", function()
-    local port = helper.free_port()
-    local r = start({ "-w", "1", "--control", path, "--pid-file", pid_file, "--crash-deaths", "2",
-      helper.fixture("sv_server"), tostring(port), version_file })
-    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
-    set_version("crash")
-    uv.kill(r.pid, "sigusr2")
-    assert.is_true(wait_count(r, "upgrade failed: the new runner exited with code 3 before it was ready; "
-      .. "this runner keeps serving", 1, 10000), dump(r))
-    local _, line = find(r, "upgrade: new runner %(pid %d+%)")
-    new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
-    assert.is_false(helper.alive(new_pid))
-    assert.is_nil(r.exited)
-    assert.equal(r.pid .. "\n", read(pid_file))
-    assert.matches("^%d+ v1$", (ask(port)))
-    -- The control socket is back.
-    assert.is_true(helper.wait(function() return uv.fs_lstat(path) ~= nil end, 3000))
-    local code, out = command({ "status", "--control", path })
-    assert.same({ 0, 2 }, { code, #out })
-    uv.kill(r.pid, "sigterm")
-    assert.equal(0, wait_exit(r, 5000), dump(r))
   end)
 end)

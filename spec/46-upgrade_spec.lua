@@ -1,6 +1,7 @@
--- Hot upgrade of the runner (luv-cluster upgrade, docs/runner.md#upgrade)
--- beyond spec/45's rr and shared TCP cases: under reuseport, where every
--- worker has a listening socket of its own and the kernel resets what is
+-- Hot upgrade of the runner (luv-cluster upgrade, docs/runner.md#upgrade):
+-- a TCP port under rr and shared, three upgrades in a row under load; a
+-- new runner that fails leaves the old one serving; under reuseport, where
+-- every worker has a listening socket of its own and the kernel resets what is
 -- queued on one that closes unless net.ipv4.tcp_migrate_req is 1 (each
 -- setting in a network namespace of its own, when root), and for a server
 -- on a unix socket path under rr and shared: the path keeps answering, its
@@ -11,16 +12,16 @@
 -- The load is runner_util.load run by spec/fixtures/up_client.lua, a
 -- process of its own: the reuseport cases need it in the runner's network
 -- namespace (through nsenter), whose 127.0.0.1 this process cannot reach;
--- the unix socket cases use it too, so that every case runs the same way.
--- It counts every request's outcome and reports on stdout.
+-- the unix socket cases use it too. (The rr and shared TCP cases run
+-- runner_util.load in this process.) It counts every request's outcome.
 local helper = require("helper")
 local uv = require("luv")
 local compat = require("cluster.compat")
 
 local util = dofile(helper.fixture("runner_util"))
 
-local find, dump, read, command, ask, wait_count = util.find, util.dump, util.read, util.command, util.ask,
-  util.wait_count
+local find, count, dump, read, command, ask = util.find, util.count, util.dump, util.read, util.command, util.ask
+local wait_count, wait_exit = util.wait_count, util.wait_exit
 
 local MIGRATE_FILE = "/proc/sys/net/ipv4/tcp_migrate_req"
 local UPGRADES = 3
@@ -374,4 +375,85 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
       end
     end)
   end
+
+  -- A TCP port under rr and shared.
+  for _, policy in ipairs({ "rr", "shared" }) do
+    it("hands the port to a new runner, three times, with no failed request under load (" .. policy .. ")", function()
+      local port = helper.free_port()
+      local r = start({ "-w", "2", "--policy", policy, "--control", control, "--pid-file", pid_file,
+        "--stop-timeout", "5s", helper.fixture("sv_server"), tostring(port), version_file })
+      assert.is_true(wait_count(r, "ready after", 2, 5000), dump(r))
+      assert.equal(r.pid .. "\n", read(pid_file))
+
+      local load = util.load(r, port)
+      -- Should an assertion fail, the clients end before the next case.
+      finally(load.stop)
+      assert.is_true(helper.wait(function() return load.outcomes.ok > 20 end, 5000))
+
+      -- Three generations: each upgrade's runner is upgraded in turn.
+      local current, new_pid = r.pid, nil
+      local code, out, err
+      for k = 1, UPGRADES do
+        local version = "v" .. (k + 1)
+        set_version(version)
+        code, out, err = command({ "upgrade", "--control", control })
+        assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
+        new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
+        assert.is_truthy(new_pid, out[1])
+        runners[#runners + 1] = new_pid
+        -- The old runner stops; the pid file names the new one.
+        assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
+        if k == 1 then
+          assert.is_true(helper.wait(function() return r.exited end, 3000))
+          assert.equal(0, r.code, dump(r))
+        end
+        assert.equal(new_pid .. "\n", read(pid_file))
+        local before = load.versions[version] or 0
+        assert.is_true(helper.wait(function() return (load.versions[version] or 0) > before + 20 end, 5000))
+        current = new_pid
+      end
+      load.stop()
+
+      local failed, summary = load.report()
+      local per = {}
+      for k = 1, UPGRADES + 1 do per[#per + 1] = ("v%d %d"):format(k, load.versions["v" .. k] or 0) end
+      print(("\n[upgrade, %s] %d upgrades, outcomes: %s (%s)"):format(policy, UPGRADES, summary,
+        table.concat(per, ", ")))
+      assert.equal(0, failed, summary .. "\n" .. dump(r))
+      assert.equal(UPGRADES, count(r, "upgrade: the new runner %(pid %d+%) is ready; this one stops"))
+
+      -- The new runner answers on the same control socket, and stops.
+      code, out = command({ "status", "--control", control })
+      assert.same({ 0, 3 }, { code, #out })
+      code = command({ "stop", "--control", control })
+      assert.equal(0, code)
+      assert.is_true(helper.wait(function() return not helper.alive(new_pid) and r.eof end, 10000), dump(r))
+      assert.is_nil(read(pid_file))
+      assert.is_nil(uv.fs_lstat(control))
+    end)
+  end
+
+  it("keeps the old runner serving when the new one's workers fail (SIGUSR2)", function()
+    local port = helper.free_port()
+    local r = start({ "-w", "1", "--control", control, "--pid-file", pid_file, "--crash-deaths", "2",
+      helper.fixture("sv_server"), tostring(port), version_file })
+    assert.is_true(wait_count(r, "ready after", 1, 5000), dump(r))
+    set_version("crash")
+    uv.kill(r.pid, "sigusr2")
+    assert.is_true(wait_count(r, "upgrade failed: the new runner exited with code 3 before it was ready; "
+      .. "this runner keeps serving", 1, 10000), dump(r))
+    local _, line = find(r, "upgrade: new runner %(pid %d+%)")
+    local new_pid = compat.tointeger(tonumber(line:match("%(pid (%d+)%)")))
+    runners[#runners + 1] = new_pid
+    assert.is_false(helper.alive(new_pid))
+    assert.is_nil(r.exited)
+    assert.equal(r.pid .. "\n", read(pid_file))
+    assert.matches("^%d+ v1$", (ask(port)))
+    -- The control socket is back.
+    assert.is_true(helper.wait(function() return uv.fs_lstat(control) ~= nil end, 3000))
+    local code, out = command({ "status", "--control", control })
+    assert.same({ 0, 2 }, { code, #out })
+    uv.kill(r.pid, "sigterm")
+    assert.equal(0, wait_exit(r, 5000), dump(r))
+  end)
 end)
