@@ -126,6 +126,27 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
     return table.concat(list, " ")
   end
 
+  -- Upgrade k (to version "v<k+1>") of the runner with pid current, through
+  -- the control socket: the command answers with the new runner's pid, the
+  -- old runner is gone (the first, r, with status 0) and the pid file
+  -- names the new one. Returns the new runner's pid and its version.
+  local function upgrade_step(r, k, current)
+    local version = "v" .. (k + 1)
+    set_version(version)
+    local code, out, err = command({ "upgrade", "--control", control })
+    assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
+    local new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
+    assert.is_truthy(new_pid, out[1])
+    runners[#runners + 1] = new_pid
+    assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
+    if k == 1 then
+      assert.is_true(helper.wait(function() return r.exited end, 3000))
+      assert.equal(0, r.code, dump(r))
+    end
+    assert.equal(new_pid .. "\n", read(pid_file))
+    return new_pid, version
+  end
+
   -- UPGRADES upgrades in a row under load through the control socket; after
   -- each, the old runner is gone (the first with status 0), the pid file
   -- names the new one, and the new version answers after the old runner's
@@ -148,19 +169,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
 
     local current = r.pid
     for k = 1, UPGRADES do
-      local version = "v" .. (k + 1)
-      set_version(version)
-      local code, out, err = command({ "upgrade", "--control", control })
-      assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
-      local new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
-      assert.is_truthy(new_pid, out[1])
-      runners[#runners + 1] = new_pid
-      assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
-      if k == 1 then
-        assert.is_true(helper.wait(function() return r.exited end, 3000))
-        assert.equal(0, r.code, dump(r))
-      end
-      assert.equal(new_pid .. "\n", read(pid_file))
+      local new_pid, version = upgrade_step(r, k, current)
       -- The new version answers the load after the old runner has gone.
       local from = #c.lines + 1
       assert.is_true(helper.wait(function() return find(c, "^answered " .. version .. " %d+$", from) end,
@@ -392,22 +401,9 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
 
       -- Three generations: each upgrade's runner is upgraded in turn.
       local current, new_pid = r.pid, nil
-      local code, out, err
       for k = 1, UPGRADES do
-        local version = "v" .. (k + 1)
-        set_version(version)
-        code, out, err = command({ "upgrade", "--control", control })
-        assert.equal(0, code, table.concat(err, "\n") .. "\n" .. dump(r))
-        new_pid = compat.tointeger(tonumber(out[1]:match("^upgraded: the new runner is pid (%d+)$")))
-        assert.is_truthy(new_pid, out[1])
-        runners[#runners + 1] = new_pid
-        -- The old runner stops; the pid file names the new one.
-        assert.is_true(helper.wait(function() return not helper.alive(current) end, 10000), dump(r))
-        if k == 1 then
-          assert.is_true(helper.wait(function() return r.exited end, 3000))
-          assert.equal(0, r.code, dump(r))
-        end
-        assert.equal(new_pid .. "\n", read(pid_file))
+        local version
+        new_pid, version = upgrade_step(r, k, current)
         local before = load.versions[version] or 0
         assert.is_true(helper.wait(function() return (load.versions[version] or 0) > before + 20 end, 5000))
         current = new_pid
@@ -423,7 +419,7 @@ describe("luv-cluster upgrade (reuseport, unix sockets)", function()
       assert.equal(UPGRADES, count(r, "upgrade: the new runner %(pid %d+%) is ready; this one stops"))
 
       -- The new runner answers on the same control socket, and stops.
-      code, out = command({ "status", "--control", control })
+      local code, out = command({ "status", "--control", control })
       assert.same({ 0, 3 }, { code, #out })
       code = command({ "stop", "--control", control })
       assert.equal(0, code)
