@@ -49,7 +49,7 @@ local function capture(cmd)
   p:close()
   return (out:gsub("%s+$", ""))
 end
-local have = lib.have
+local have, build_name = lib.have, lib.build_name
 
 -- Servers ------------------------------------------------------------------
 
@@ -96,13 +96,9 @@ local jit_bin = os.getenv("BENCH_LUAJIT") or "luajit"
 if jit_bin == "0" or not have(jit_bin) then jit_bin = nil end
 -- The Lua rows run under lua_bin, the LuaJIT rows under jit_bin, each
 -- with the core from its own build directory (make bench-http builds both).
-local function build_name(bin)
-  return capture(bin .. [[ -e 'io.write(jit and "luajit" or "lua" .. _VERSION:match("%d+%.%d+"))']])
-end
 for _, bin in ipairs({ lua_bin, jit_bin }) do
-  local path = root .. "/build/" .. build_name(bin) .. "/cluster/core.so"
-  local f = io.open(path, "rb")
-  if f then f:close() else
+  local path, built = lib.core_of(root, bin)
+  if not built then
     io.stderr:write(("run.lua: %s is missing: run make build LUA=%s first\n"):format(path, bin))
   end
 end

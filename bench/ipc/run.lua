@@ -29,6 +29,8 @@ local TIMEOUT = 150 -- seconds, per process
 
 local dir = (arg and arg[0] or ""):match("^(.*)/") or "."
 local root = dir .. "/../.."
+package.path = dir .. "/../?.lua;" .. package.path
+local lib = require("lib.runner")
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
@@ -39,24 +41,15 @@ local function capture(cmd)
   return outp, ok, how, code
 end
 
-local function have(cmd)
-  local o = capture("command -v " .. cmd .. " 2>/dev/null")
-  return o ~= ""
-end
+local have, build_name = lib.have, lib.build_name
 
 local lua_bin = os.getenv("LUA") or "lua5.4"
 local jit_bin = os.getenv("BENCH_LUAJIT") or "luajit"
 if jit_bin == "0" or not have(jit_bin) then jit_bin = nil end
 
--- The name of an interpreter's build directory (build/<name>/).
-local function build_name(bin)
-  return capture(sh_quote(bin)
-    .. [[ -e 'io.write(jit and "luajit" or "lua" .. _VERSION:match("%d+%.%d+"))' 2>/dev/null]])
-end
 for _, bin in ipairs({ lua_bin, jit_bin }) do
-  local path = root .. "/build/" .. build_name(bin) .. "/cluster/core.so"
-  local f = io.open(path, "rb")
-  if f then f:close() else
+  local path, built = lib.core_of(root, bin)
+  if not built then
     io.stderr:write(("run.lua: %s is missing: run make build LUA=%s first\n"):format(path, bin))
     os.exit(1)
   end

@@ -37,6 +37,25 @@ function M.have(name)
   return r == true or r == 0 -- 5.2+ say true, 5.1 and LuaJIT 0
 end
 
+-- The name of an interpreter's build directory (build/<name>/, see
+-- Makefile): lua5.1 .. lua5.4 or luajit.
+function M.build_name(bin)
+  local p = io.popen("'" .. bin:gsub("'", "'\\''") .. "'"
+    .. [[ -e 'io.write(jit and "luajit" or "lua" .. _VERSION:match("%d+%.%d+"))' 2>/dev/null]], "r")
+  local name = p:read("*a")
+  p:close()
+  return name
+end
+
+-- The cluster core that interpreter loads from the checkout at root, and
+-- whether it is built.
+function M.core_of(root, bin)
+  local path = root .. "/build/" .. M.build_name(bin) .. "/cluster/core.so"
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return path, f ~= nil
+end
+
 -- Files -----------------------------------------------------------------------
 
 -- The whole of a file, or nil when it cannot be read.
