@@ -138,7 +138,7 @@ function share.install(cluster)
   -- The index in server.order of the worker for a connection, or nil when
   -- no worker can take one. `hash` is the client address hash (source);
   -- `refused` holds workers whose channel just refused this connection.
-  local function pick_roundrobin(server, refused)
+  local function pick_roundrobin(server, _, refused)
     local order = server.order
     local n = #order
     for _ = 1, n do
@@ -168,7 +168,7 @@ function share.install(cluster)
 
   local keys, places = {}, {} -- source's scratch lists: ids and their index in order
   local function pick_source(server, hash, refused)
-    if not hash then return pick_roundrobin(server, refused) end -- a unix socket's client
+    if not hash then return pick_roundrobin(server, nil, refused) end -- a unix socket's client
     local order, n = server.order, 0
     for i = 1, #order do
       local worker = order[i]
@@ -181,11 +181,17 @@ function share.install(cluster)
     return places[core.rendezvous(hash, keys, n)]
   end
 
-  local PICK = { leastconn = pick_leastconn, source = pick_source }
+  local PICK = { roundrobin = pick_roundrobin, leastconn = pick_leastconn, source = pick_source }
 
-  -- leastconn and source: one pick per connection; a worker whose channel
-  -- refuses it is left out for that connection only.
-  local function dispatch_balanced(server, pick, count)
+  -- Hand the queued connections to the workers settings.balance picks, one
+  -- pick per connection. The channel takes the fd itself (no descriptor is
+  -- spent on a copy); a worker whose channel refuses it (closed, queue
+  -- full) is left out for that connection only, and it stays ours. When
+  -- nobody can take one, accepting stops until a worker can.
+  local function dispatch(server)
+    local balance = cluster.settings.balance
+    local pick = PICK[balance] or pick_roundrobin
+    local count = balance == "leastconn" or nil
     local queue, order, hashes = server.queue, server.order, server.hashes
     while #queue > 0 do
       local fd = queue[1]
@@ -205,41 +211,6 @@ function share.install(cluster)
         i = pick(server, hash, refused)
       end
       if not i then
-        server.poll:stop()
-        server.paused = true
-        return
-      end
-    end
-    if server.paused then
-      server.paused = false
-      server.poll:start("r", server.on_readable)
-    end
-  end
-
-  local function dispatch(server)
-    local balance = cluster.settings.balance
-    local pick = PICK[balance]
-    if pick then return dispatch_balanced(server, pick, balance == "leastconn" or nil) end
-    local queue, order = server.queue, server.order
-    while #queue > 0 do
-      local n, sent = #order, false
-      for _ = 1, n do
-        server.turn = server.turn % n + 1
-        local worker = order[server.turn]
-        if ready(server, worker) then
-          -- The channel takes the fd itself (no descriptor is spent on a
-          -- copy). A send that is refused (channel closed, queue full)
-          -- leaves it ours and tries the next worker.
-          if worker:_send_internal("newconn", { key = server.key }, queue[1], true) ~= nil then
-            worker._handed = worker._handed + 1
-            table.remove(queue, 1)
-            sent = true
-            break
-          end
-        end
-      end
-      if not sent then
-        -- Nobody can take it now: stop accepting until a worker can.
         server.poll:stop()
         server.paused = true
         return
